@@ -1,0 +1,135 @@
+//! Caller authentication at the edge: access tokens verified locally against
+//! the users service's JWKS (cached; refetched when a token names an unknown
+//! key), and API keys resolved by the users service.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use agora_kit::auth::{API_KEY_HEADER, Caller, Credential, TokenError, VerifyingKeys, bearer};
+use agora_proto::users::v1::{
+    AuthenticateApiKeyRequest, GetJwksRequest, users_service_client::UsersServiceClient,
+};
+use http::HeaderMap;
+use jsonwebtoken::{DecodingKey, jwk::Jwk};
+use tokio::sync::{Mutex, RwLock};
+use tonic::{Code, transport::Channel};
+
+use crate::error::ApiError;
+
+/// A refetch on an unknown key id happens at most this often, so garbage
+/// tokens cannot make the edge hammer the users service.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+pub struct EdgeAuth {
+    users: Option<UsersServiceClient<Channel>>,
+    keys: RwLock<VerifyingKeys>,
+    last_fetch: Mutex<Option<Instant>>,
+    issuer: String,
+    audience: String,
+}
+
+impl EdgeAuth {
+    pub fn new(users: Option<Channel>, issuer: &str, audience: &str) -> Arc<Self> {
+        Arc::new(Self {
+            users: users.map(UsersServiceClient::new),
+            keys: RwLock::new(VerifyingKeys::new(issuer, audience)),
+            last_fetch: Mutex::new(None),
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        })
+    }
+
+    /// The verified caller, `None` without credentials, or 401.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+        if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+            let token = value.to_str().ok().and_then(bearer).ok_or_else(|| {
+                ApiError::new(
+                    Code::Unauthenticated,
+                    "the authorization header must be `Bearer <access token>`",
+                )
+            })?;
+            let claims = self
+                .verify(token)
+                .await
+                .map_err(|e| ApiError::new(Code::Unauthenticated, e.to_string()))?;
+            return Ok(Some(Caller {
+                user_id: claims.sub,
+                roles: claims.roles,
+                credential: Credential::AccessToken,
+            }));
+        }
+        if let Some(value) = headers.get(API_KEY_HEADER) {
+            let secret = value
+                .to_str()
+                .map_err(|_| ApiError::new(Code::Unauthenticated, "the API key is invalid"))?;
+            let Some(users) = self.users.clone() else {
+                return Err(ApiError::new(
+                    Code::Unavailable,
+                    "API keys cannot be checked: no users service configured",
+                ));
+            };
+            let key = users
+                .clone()
+                .authenticate_api_key(AuthenticateApiKeyRequest {
+                    secret: secret.to_owned(),
+                })
+                .await
+                .map_err(ApiError::from)?
+                .into_inner();
+            return Ok(Some(Caller {
+                user_id: key.user_id,
+                roles: key.roles,
+                credential: Credential::ApiKey {
+                    key_id: key.key_id,
+                    permissions: key.permissions,
+                },
+            }));
+        }
+        Ok(None)
+    }
+
+    async fn verify(&self, token: &str) -> Result<agora_kit::auth::AccessClaims, TokenError> {
+        let kid = VerifyingKeys::kid_of(token)?.ok_or(TokenError::UnknownKey)?;
+        if !self.keys.read().await.contains(&kid) {
+            self.refresh().await;
+        }
+        self.keys.read().await.verify(token)
+    }
+
+    /// Refetches the JWKS unless that happened within the last few seconds.
+    async fn refresh(&self) {
+        let Some(users) = self.users.clone() else {
+            return;
+        };
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < MIN_REFRESH_INTERVAL) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let jwks = match users.clone().get_jwks(GetJwksRequest {}).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::warn!(code = ?e.code(), error = %e.message(), "cannot fetch the JWKS from the users service");
+                // Let the next unknown key try again soon.
+                *last = None;
+                return;
+            }
+        };
+        let mut keys = VerifyingKeys::new(&self.issuer, &self.audience);
+        for k in jwks.keys {
+            let jwk: Result<Jwk, _> = serde_json::from_value(serde_json::json!({
+                "kty": k.kty, "crv": k.crv, "x": k.x, "kid": k.kid, "alg": k.alg, "use": k.r#use,
+            }));
+            match jwk
+                .map_err(|e| e.to_string())
+                .and_then(|j| DecodingKey::from_jwk(&j).map_err(|e| e.to_string()))
+            {
+                Ok(key) => keys.insert(k.kid, key),
+                Err(e) => tracing::warn!(kid = %k.kid, error = %e, "skipping an unusable JWKS key"),
+            }
+        }
+        *self.keys.write().await = keys;
+    }
+}

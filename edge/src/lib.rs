@@ -1,0 +1,211 @@
+//! The edge gateway: REST/JSON on `/api/v1/*` transcoded to gRPC, generically,
+//! from the `google.api.http` annotations in the contracts.
+//!
+//! # Layout
+//!
+//! - [`template`]: `google.api.http` path templates.
+//! - [`routes`]: the route table built from the descriptor set.
+//! - [`transcode`]: JSON/URL ⇄ dynamic protobuf messages.
+//! - [`codec`]: a pass-through gRPC codec for dynamic calls.
+//! - [`proxy`]: the request handler tying these together.
+//! - [`auth`]: access tokens (JWKS) and API keys.
+//! - [`upstream`]: upstream services and their call policy.
+//! - [`error`]: gRPC status → HTTP status and `google.rpc.Status` bodies.
+//! - [`openapi`]: the OpenAPI 3.1 document.
+//! - [`health`]: the aggregated `/health`.
+
+pub mod auth;
+pub mod codec;
+pub mod error;
+pub mod health;
+pub mod openapi;
+pub mod proxy;
+pub mod routes;
+pub mod template;
+pub mod transcode;
+pub mod upstream;
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use agora_kit::{
+    config::{ConfigError, Env},
+    shutdown::Shutdown,
+};
+use anyhow::Context as _;
+use axum::{
+    Json, Router,
+    extract::{Request, State},
+    middleware::{self, Next},
+    response::Response,
+    routing::get,
+};
+use prost_reflect::DescriptorPool;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::{
+    auth::EdgeAuth,
+    proxy::RouteLabel,
+    routes::RouteTable,
+    upstream::{Upstreams, UpstreamsConfig},
+};
+
+/// Edge settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// HTTP listen address (`AGORA_EDGE_ADDR`, default `0.0.0.0:3000`).
+    pub addr: SocketAddr,
+    /// Largest accepted request body, in bytes (`AGORA_EDGE_BODY_LIMIT_BYTES`,
+    /// default 1 MiB).
+    pub body_limit_bytes: usize,
+    /// Expected `iss` of access tokens (`AGORA_JWT_ISSUER`, default `agora`).
+    pub jwt_issuer: String,
+    /// Expected `aud` of access tokens (`AGORA_JWT_AUDIENCE`, default `agora`).
+    pub jwt_audience: String,
+    /// The services behind the edge and how to call each.
+    pub upstreams: UpstreamsConfig,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([0, 0, 0, 0], 3000)),
+            body_limit_bytes: 1 << 20,
+            jwt_issuer: "agora".into(),
+            jwt_audience: "agora".into(),
+            upstreams: UpstreamsConfig::default(),
+        }
+    }
+}
+
+impl EdgeConfig {
+    pub fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
+        env.parse_into("AGORA_EDGE_ADDR", &mut self.addr)?;
+        env.parse_into("AGORA_EDGE_BODY_LIMIT_BYTES", &mut self.body_limit_bytes)?;
+        env.string_into("AGORA_JWT_ISSUER", &mut self.jwt_issuer);
+        env.string_into("AGORA_JWT_AUDIENCE", &mut self.jwt_audience);
+        self.upstreams.apply_env(env)?;
+        if self.body_limit_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "AGORA_EDGE_BODY_LIMIT_BYTES",
+                "must be positive",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Shared state of the edge's handlers.
+#[derive(Clone)]
+pub struct EdgeState {
+    pub routes: Arc<RouteTable>,
+    pub upstreams: Upstreams,
+    pub auth: Arc<EdgeAuth>,
+    pub openapi: Arc<serde_json::Value>,
+    pub body_limit: usize,
+    pub shutdown: Shutdown,
+}
+
+/// The edge, built and bound, not yet serving.
+pub struct EdgeComponent {
+    listener: TcpListener,
+    config: EdgeConfig,
+    routes: Arc<RouteTable>,
+}
+
+impl EdgeComponent {
+    /// Builds the route table from the embedded contracts and binds.
+    pub async fn build(config: EdgeConfig) -> anyhow::Result<Self> {
+        config.upstreams.validate()?;
+        let pool = DescriptorPool::decode(agora_proto::FILE_DESCRIPTOR_SET)
+            .context("Failed to read the contracts")?;
+        let routes = Arc::new(RouteTable::from_pool(&pool, "agora.")?);
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("AGORA_EDGE_ADDR: cannot listen on {}", config.addr))?;
+        tracing::info!(
+            routes = routes.routes().len(),
+            "edge routes built from the contracts"
+        );
+        Ok(Self {
+            listener,
+            config,
+            routes,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` stops the process; in-flight requests finish.
+    pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        agora_kit::metrics::handle();
+        let upstreams = Upstreams::connect(&self.config.upstreams)?;
+        let auth = EdgeAuth::new(
+            upstreams.get("users").map(|u| u.channel.clone()),
+            &self.config.jwt_issuer,
+            &self.config.jwt_audience,
+        );
+        let state = EdgeState {
+            openapi: Arc::new(openapi::document(&self.routes)),
+            routes: self.routes,
+            upstreams,
+            auth,
+            body_limit: self.config.body_limit_bytes,
+            shutdown: shutdown.clone(),
+        };
+        axum::serve(self.listener, router(state))
+            .with_graceful_shutdown(shutdown.stopping_owned())
+            .await
+            .context("edge server failed")
+    }
+}
+
+/// The edge's HTTP stack. Outermost first: request ids are set before
+/// anything logs, and metrics see the final status of every answer.
+pub fn router(state: EdgeState) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .fallback(proxy::handle)
+        .with_state(state)
+        .layer(middleware::from_fn(record_metrics))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+async fn openapi_json(State(state): State<EdgeState>) -> Json<serde_json::Value> {
+    Json((*state.openapi).clone())
+}
+
+/// `http_request_duration_seconds`, `http_requests_total` and
+/// `active_connections_total` (requests in flight), labelled by route
+/// template so unknown paths cannot grow the label set.
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_owned();
+    let fixed_route = match req.uri().path() {
+        p @ ("/health" | "/api/v1/openapi.json") => Some(p.to_owned()),
+        _ => None,
+    };
+    let in_flight = metrics::gauge!("active_connections_total");
+    in_flight.increment(1.0);
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    in_flight.decrement(1.0);
+    let route = fixed_route
+        .or_else(|| {
+            resp.extensions()
+                .get::<RouteLabel>()
+                .map(|r| r.0.to_string())
+        })
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let status = resp.status().as_u16().to_string();
+    metrics::histogram!("http_request_duration_seconds",
+        "method" => method.clone(), "route" => route.clone(), "status_code" => status.clone())
+    .record(started.elapsed().as_secs_f64());
+    metrics::counter!("http_requests_total", "method" => method, "route" => route, "status_code" => status).increment(1);
+    resp
+}

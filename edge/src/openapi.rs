@@ -1,0 +1,212 @@
+//! An OpenAPI 3.1 document generated from the same route table and
+//! descriptors the transcoder uses, so it cannot drift from the API.
+
+use std::collections::BTreeMap;
+
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use serde_json::{Value, json};
+
+use crate::routes::{BodyRule, Route, RouteTable};
+
+pub fn document(table: &RouteTable) -> Value {
+    let mut paths: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
+    let mut schemas = BTreeMap::new();
+    for route in table.routes() {
+        let path = openapi_path(route);
+        let op = operation(route, &mut schemas);
+        paths
+            .entry(path)
+            .or_default()
+            .insert(route.http_method.as_str().to_ascii_lowercase(), op);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Agora API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "REST/JSON API of the Agora commerce platform, transcoded to gRPC."},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}
+            }
+        }
+    })
+}
+
+/// `/api/v1/users/{id}` with the template's variables as OpenAPI parameters.
+fn openapi_path(route: &Route) -> String {
+    let t = &route.template;
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < t.segments.len() {
+        if let Some(v) = t.variables.iter().find(|v| v.start == i) {
+            parts.push(format!("{{{}}}", v.field_path.join(".")));
+            i = v.end.unwrap_or(t.segments.len()).max(i + 1);
+        } else {
+            parts.push(match &t.segments[i] {
+                crate::template::Segment::Literal(l) => l.clone(),
+                crate::template::Segment::Single => "*".into(),
+                crate::template::Segment::Rest => "**".into(),
+            });
+            i += 1;
+        }
+    }
+    let mut path = format!("/{}", parts.join("/"));
+    if let Some(verb) = &t.verb {
+        path.push(':');
+        path.push_str(verb);
+    }
+    path
+}
+
+fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>) -> Value {
+    let input = route.input();
+    let mut params = Vec::new();
+    for (var, fields) in route.template.variables.iter().zip(&route.path_fields) {
+        let leaf = fields
+            .last()
+            .map(field_schema)
+            .unwrap_or_else(|| json!({"type": "string"}));
+        params.push(json!({"name": var.field_path.join("."), "in": "path", "required": true, "schema": leaf}));
+    }
+    let bound: Vec<&FieldDescriptor> = route.path_fields.iter().filter_map(|f| f.first()).collect();
+    let mut op = serde_json::Map::new();
+    op.insert(
+        "operationId".into(),
+        json!(format!(
+            "{}_{}",
+            route.method.parent_service().name(),
+            route.method.name()
+        )),
+    );
+    op.insert("tags".into(), json!([route.method.parent_service().name()]));
+    if let Some(doc) = comments(&route.method) {
+        op.insert("description".into(), json!(doc));
+    }
+    match &route.body {
+        BodyRule::None | BodyRule::Field(_) => {
+            for f in input.fields() {
+                if bound.contains(&&f) || matches!(&route.body, BodyRule::Field(b) if *b == f) {
+                    continue;
+                }
+                if matches!(f.kind(), Kind::Message(ref m) if !is_string_wkt(m)) {
+                    continue;
+                }
+                params.push(
+                    json!({"name": f.json_name(), "in": "query", "schema": field_schema(&f)}),
+                );
+            }
+        }
+        BodyRule::All => {}
+    }
+    let body_schema = match &route.body {
+        BodyRule::None => None,
+        BodyRule::All => Some(message_ref(&input, schemas)),
+        BodyRule::Field(f) => Some(kind_schema(f, schemas)),
+    };
+    if let Some(schema) = body_schema {
+        op.insert(
+            "requestBody".into(),
+            json!({"required": true, "content": {"application/json": {"schema": schema}}}),
+        );
+    }
+    let output = route.method.output();
+    let resp_schema = match &route.response_body {
+        None => message_ref(&output, schemas),
+        Some(f) => kind_schema(f, schemas),
+    };
+    op.insert("parameters".into(), Value::Array(params));
+    op.insert(
+        "responses".into(),
+        json!({
+            "200": {"description": "OK", "content": {"application/json": {"schema": resp_schema}}},
+            "default": {"description": "An error as a google.rpc.Status", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"code": {"type": "integer"}, "message": {"type": "string"},
+                "details": {"type": "array", "items": {"type": "object"}}}}}}}
+        }),
+    );
+    if route.access.public {
+        op.insert("security".into(), json!([]));
+    } else {
+        op.insert("security".into(), json!([{"bearer": []}, {"apiKey": []}]));
+    }
+    Value::Object(op)
+}
+
+fn comments(method: &prost_reflect::MethodDescriptor) -> Option<String> {
+    let file = method.parent_file();
+    let info = file.file_descriptor_proto().source_code_info.as_ref()?;
+    let loc = info.location.iter().find(|l| l.path == method.path())?;
+    let text = loc.leading_comments().trim();
+    (!text.is_empty()).then(|| text.lines().map(str::trim).collect::<Vec<_>>().join(" "))
+}
+
+fn is_string_wkt(m: &MessageDescriptor) -> bool {
+    matches!(
+        m.full_name(),
+        "google.protobuf.Timestamp" | "google.protobuf.Duration" | "google.protobuf.FieldMask"
+    )
+}
+
+fn message_ref(m: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -> Value {
+    if is_string_wkt(m) {
+        return wkt_schema(m);
+    }
+    let name = m.full_name().to_owned();
+    if !schemas.contains_key(&name) {
+        schemas.insert(name.clone(), Value::Null);
+        let mut props = serde_json::Map::new();
+        for f in m.fields() {
+            props.insert(f.json_name().to_owned(), kind_schema(&f, schemas));
+        }
+        schemas.insert(name.clone(), json!({"type": "object", "properties": props}));
+    }
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn wkt_schema(m: &MessageDescriptor) -> Value {
+    match m.full_name() {
+        "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
+        "google.protobuf.Duration" => {
+            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"})
+        }
+        _ => json!({"type": "string"}),
+    }
+}
+
+fn kind_schema(f: &FieldDescriptor, schemas: &mut BTreeMap<String, Value>) -> Value {
+    let single = match f.kind() {
+        Kind::Message(m) if f.is_map() => {
+            let value = m.map_entry_value_field();
+            return json!({"type": "object", "additionalProperties": kind_schema(&value, schemas)});
+        }
+        Kind::Message(m) => message_ref(&m, schemas),
+        _ => field_schema(f),
+    };
+    if f.is_list() {
+        json!({"type": "array", "items": single})
+    } else {
+        single
+    }
+}
+
+fn field_schema(f: &FieldDescriptor) -> Value {
+    match f.kind() {
+        Kind::String => json!({"type": "string"}),
+        Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
+        Kind::Bool => json!({"type": "boolean"}),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            json!({"type": "integer", "format": "int32"})
+        }
+        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int32", "minimum": 0}),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64"}),
+        Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
+        Kind::Float => json!({"type": "number", "format": "float"}),
+        Kind::Double => json!({"type": "number", "format": "double"}),
+        Kind::Enum(e) => {
+            json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
+        }
+        Kind::Message(m) => wkt_schema(&m),
+    }
+}

@@ -1,0 +1,273 @@
+//! The route table: every `google.api.http` binding in the descriptor set,
+//! built once at start. Adding an annotated RPC to a contract adds a route
+//! here with no edge code.
+
+use std::sync::Arc;
+
+use agora_kit::access::AccessPolicy;
+use agora_proto::{
+    api::v1::Access,
+    google::api::{HttpRule, http_rule::Pattern},
+};
+use http::Method;
+use prost_reflect::{
+    DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor, Value,
+};
+
+use crate::template::{PathTemplate, TemplateError};
+
+const HTTP_EXTENSION: &str = "google.api.http";
+
+/// Where the request body goes.
+#[derive(Debug, Clone)]
+pub enum BodyRule {
+    /// No body; every unbound field may come from the query.
+    None,
+    /// `body: "*"`: the body is the request message, minus path fields.
+    All,
+    /// `body: "field"`: the body is that field; the rest may come from the query.
+    Field(FieldDescriptor),
+}
+
+/// One REST binding of one RPC method.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub http_method: Method,
+    pub template: PathTemplate,
+    /// The request fields bound by each template variable, in order.
+    pub path_fields: Vec<Vec<FieldDescriptor>>,
+    pub body: BodyRule,
+    pub response_body: Option<FieldDescriptor>,
+    pub method: MethodDescriptor,
+    /// `/package.Service/Method`.
+    pub grpc_path: Arc<str>,
+    /// The upstream that serves the method (`users`, `catalog`…).
+    pub upstream: Arc<str>,
+    pub access: Access,
+}
+
+impl Route {
+    pub fn input(&self) -> MessageDescriptor {
+        self.method.input()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("{method}: {reason}")]
+    Binding { method: String, reason: String },
+}
+
+/// What a lookup found.
+pub enum Lookup<'a> {
+    Found(&'a Route, Vec<String>),
+    /// The path exists, but not for this method: these are allowed.
+    WrongMethod(Vec<Method>),
+    NotFound,
+}
+
+/// Every route, most specific first.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Reads the bindings of every service in `pool` whose full name starts
+    /// with `package_prefix` (the edge uses `agora.`).
+    pub fn from_pool(pool: &DescriptorPool, package_prefix: &str) -> Result<Self, RouteError> {
+        let policy = AccessPolicy::from_pool(pool);
+        let ext = pool.get_extension_by_name(HTTP_EXTENSION);
+        let mut routes = Vec::new();
+        for service in pool
+            .services()
+            .filter(|s| s.full_name().starts_with(package_prefix))
+        {
+            let upstream: Arc<str> = upstream_name(service.package_name()).into();
+            for method in service.methods() {
+                let Some(ext) = &ext else { continue };
+                let options = method.options();
+                if !options.has_extension(ext) {
+                    continue;
+                }
+                let Value::Message(rule) = options.get_extension(ext).into_owned() else {
+                    continue;
+                };
+                let rule: HttpRule = rule.transcode_to().map_err(|e| RouteError::Binding {
+                    method: method.full_name().to_owned(),
+                    reason: format!("unreadable google.api.http option: {e}"),
+                })?;
+                let grpc_path: Arc<str> =
+                    format!("/{}/{}", service.full_name(), method.name()).into();
+                let access = policy.get(&grpc_path).cloned().unwrap_or_default();
+                let mut add = |rule: &HttpRule| -> Result<(), RouteError> {
+                    routes.push(Route::from_rule(
+                        rule,
+                        &method,
+                        grpc_path.clone(),
+                        upstream.clone(),
+                        access.clone(),
+                    )?);
+                    Ok(())
+                };
+                add(&rule)?;
+                for extra in &rule.additional_bindings {
+                    add(extra)?;
+                }
+            }
+        }
+        // Verbs first (so `/x/{id}:commit` wins over `/x/{id}`), then more
+        // literal segments, then fewer variables.
+        routes.sort_by_key(|r| {
+            (
+                r.template.verb.is_none(),
+                std::cmp::Reverse(r.template.literal_count()),
+                r.template.variables.len(),
+            )
+        });
+        Ok(Self { routes })
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Finds the route for `method` and a raw (still percent-encoded) path.
+    pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
+        let Some(path) = path.strip_prefix('/') else {
+            return Lookup::NotFound;
+        };
+        let (head, last) = path.rsplit_once('/').map_or(("", path), |(h, l)| (h, l));
+        let verb_split = last.rsplit_once(':');
+        let mut allowed = Vec::new();
+        let mut parts_buf: Vec<&str> = Vec::with_capacity(8);
+        for route in &self.routes {
+            parts_buf.clear();
+            if !head.is_empty() {
+                parts_buf.extend(head.split('/'));
+            }
+            match (&route.template.verb, verb_split) {
+                (Some(verb), Some((seg, v))) if v == verb => parts_buf.push(seg),
+                (Some(_), _) => continue,
+                (None, _) => parts_buf.push(last),
+            }
+            if let Some(values) = route.template.matches(&parts_buf) {
+                if route.http_method == *method {
+                    return Lookup::Found(route, values);
+                }
+                if !allowed.contains(&route.http_method) {
+                    allowed.push(route.http_method.clone());
+                }
+            }
+        }
+        if allowed.is_empty() {
+            Lookup::NotFound
+        } else {
+            Lookup::WrongMethod(allowed)
+        }
+    }
+}
+
+impl Route {
+    fn from_rule(
+        rule: &HttpRule,
+        method: &MethodDescriptor,
+        grpc_path: Arc<str>,
+        upstream: Arc<str>,
+        access: Access,
+    ) -> Result<Self, RouteError> {
+        let bad = |reason: String| RouteError::Binding {
+            method: method.full_name().to_owned(),
+            reason,
+        };
+        let (http_method, path) = match &rule.pattern {
+            Some(Pattern::Get(p)) => (Method::GET, p),
+            Some(Pattern::Put(p)) => (Method::PUT, p),
+            Some(Pattern::Post(p)) => (Method::POST, p),
+            Some(Pattern::Delete(p)) => (Method::DELETE, p),
+            Some(Pattern::Patch(p)) => (Method::PATCH, p),
+            Some(Pattern::Custom(c)) => (
+                Method::from_bytes(c.kind.as_bytes())
+                    .map_err(|_| bad(format!("bad custom method {:?}", c.kind)))?,
+                &c.path,
+            ),
+            None => return Err(bad("google.api.http has no pattern".into())),
+        };
+        let template = PathTemplate::parse(path)?;
+        let input = method.input();
+        let path_fields = template
+            .variables
+            .iter()
+            .map(|v| {
+                resolve_path(&input, &v.field_path).map_err(|e| bad(format!("path {path}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for fields in &path_fields {
+            let leaf = fields.last().ok_or_else(|| bad("empty variable".into()))?;
+            if leaf.is_list() || matches!(leaf.kind(), Kind::Message(_)) {
+                return Err(bad(format!(
+                    "path variable {} must be a singular scalar field",
+                    leaf.name()
+                )));
+            }
+        }
+        let body = match rule.body.as_str() {
+            "" => BodyRule::None,
+            "*" => BodyRule::All,
+            name => BodyRule::Field(
+                input
+                    .get_field_by_name(name)
+                    .ok_or_else(|| bad(format!("body field {name:?} is not in the request")))?,
+            ),
+        };
+        let response_body = match rule.response_body.as_str() {
+            "" => None,
+            name => Some(method.output().get_field_by_name(name).ok_or_else(|| {
+                bad(format!(
+                    "response_body field {name:?} is not in the response"
+                ))
+            })?),
+        };
+        Ok(Self {
+            http_method,
+            template,
+            path_fields,
+            body,
+            response_body,
+            method: method.clone(),
+            grpc_path,
+            upstream,
+            access,
+        })
+    }
+}
+
+/// Resolves a dotted field path (proto names) through nested messages.
+pub fn resolve_path(
+    root: &MessageDescriptor,
+    path: &[String],
+) -> Result<Vec<FieldDescriptor>, String> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut current = root.clone();
+    for (i, name) in path.iter().enumerate() {
+        let field = current
+            .get_field_by_name(name)
+            .or_else(|| current.get_field_by_json_name(name))
+            .ok_or_else(|| format!("{} has no field {name:?}", current.full_name()))?;
+        if i + 1 < path.len() {
+            match field.kind() {
+                Kind::Message(m) if !field.is_list() && !field.is_map() => current = m,
+                _ => return Err(format!("{name:?} is not a message field")),
+            }
+        }
+        out.push(field);
+    }
+    Ok(out)
+}
+
+/// `agora.users.v1` → `users`: the upstream serving a contract package.
+fn upstream_name(package: &str) -> String {
+    package.split('.').nth(1).unwrap_or(package).to_owned()
+}

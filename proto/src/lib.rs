@@ -1,0 +1,25 @@
+//! Agora's Protobuf contracts: generated tonic/prost code and the embedded
+//! descriptor set (with source info and custom options) used for server
+//! reflection and by the edge's transcoder.
+
+/// The encoded `FileDescriptorSet` of every contract and its imports.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/agora_descriptor.bin"));
+
+pub mod api {
+    pub mod v1 {
+        tonic::include_proto!("agora.api.v1");
+    }
+}
+
+pub mod users {
+    pub mod v1 {
+        tonic::include_proto!("agora.users.v1");
+    }
+}
+
+pub mod google {
+    pub mod api {
+        tonic::include_proto!("google.api");
+    }
+}

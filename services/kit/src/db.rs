@@ -1,0 +1,133 @@
+//! PostgreSQL pools. Each service owns one schema: its pool's `search_path`
+//! is that schema, so its tables and its migration history live there and
+//! several services can share one database without touching each other.
+
+use std::{str::FromStr, time::Duration};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use sqlx::{
+    ConnectOptions, Executor, PgPool,
+    migrate::{MigrateDatabase, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::config::{ConfigError, Env};
+
+/// PostgreSQL settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Connection URL (`DATABASE_URL`, default
+    /// `postgres://postgres@127.0.0.1:5432/agora`).
+    pub url: String,
+    /// Connections per pool (`AGORA_DATABASE_MAX_CONNECTIONS`, default 10).
+    pub max_connections: u32,
+    /// How long a request waits for a free connection, in milliseconds
+    /// (`AGORA_DATABASE_ACQUIRE_TIMEOUT_MS`, default 5000).
+    #[serde(with = "crate::config::millis")]
+    pub acquire_timeout: Duration,
+    /// Create the database if it does not exist (`AGORA_DATABASE_CREATE`,
+    /// default true).
+    pub create_database: bool,
+    /// Run migrations when a service starts (`AGORA_DATABASE_MIGRATE_ON_START`,
+    /// default true; clusters set false and run `agora migrate` as a Job).
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/agora".into(),
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+            create_database: true,
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
+        env.string_into("DATABASE_URL", &mut self.url);
+        env.parse_into("AGORA_DATABASE_MAX_CONNECTIONS", &mut self.max_connections)?;
+        env.millis_into(
+            "AGORA_DATABASE_ACQUIRE_TIMEOUT_MS",
+            &mut self.acquire_timeout,
+        )?;
+        env.parse_into("AGORA_DATABASE_CREATE", &mut self.create_database)?;
+        env.parse_into(
+            "AGORA_DATABASE_MIGRATE_ON_START",
+            &mut self.migrate_on_start,
+        )?;
+        self.validate()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        PgConnectOptions::from_str(&self.url).map_err(|e| {
+            ConfigError::invalid("DATABASE_URL", format!("not a PostgreSQL URL: {e}"))
+        })?;
+        if self.max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "AGORA_DATABASE_MAX_CONNECTIONS",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Connects a pool whose connections use `schema`, creating the database
+/// (if configured) and the schema when missing.
+pub async fn connect(config: &DatabaseConfig, schema: &str) -> anyhow::Result<PgPool> {
+    if config.create_database
+        && !sqlx::Postgres::database_exists(&config.url)
+            .await
+            .context("Failed to reach PostgreSQL")?
+    {
+        // Another process may create it at the same moment; that is fine.
+        if let Err(e) = sqlx::Postgres::create_database(&config.url).await
+            && !sqlx::Postgres::database_exists(&config.url)
+                .await
+                .unwrap_or(false)
+        {
+            return Err(e).context("Failed to create the database");
+        }
+    }
+    let base = PgConnectOptions::from_str(&config.url)
+        .context("DATABASE_URL is not a PostgreSQL URL")?
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
+
+    let mut admin = base
+        .connect()
+        .await
+        .context("Failed to connect to PostgreSQL")?;
+    let create = format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+        schema.replace('"', "")
+    );
+    if let Err(e) = admin
+        .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(create)))
+        .await
+    {
+        // Concurrent creation races on the catalog's unique index; the
+        // schema exists either way.
+        tracing::debug!(error = %e, schema, "schema creation raced");
+    }
+
+    PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .connect_with(base.options([("search_path", schema)]))
+        .await
+        .context("Failed to connect to PostgreSQL")
+}
+
+/// Applies `migrator` to the pool's schema.
+pub async fn migrate(pool: &PgPool, migrator: &Migrator) -> anyhow::Result<()> {
+    migrator
+        .run(pool)
+        .await
+        .context("Failed to run database migrations")
+}

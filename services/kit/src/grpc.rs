@@ -1,0 +1,62 @@
+//! Serving a tonic service the way every Agora service does: with
+//! `grpc.health.v1`, server reflection (v1 and v1alpha, so both current and
+//! older `grpcurl` work), the metrics layer, and the shared shutdown.
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+use crate::{auth::AuthLayer, metrics::GrpcMetricsLayer, shutdown::Shutdown};
+
+/// Serves `routes` on `listener` until `shutdown` stops, reporting each of
+/// `service_names` (and the overall "" service) SERVING until draining starts.
+/// `auth` checks every call against the contracts' access policy.
+pub async fn serve(
+    listener: TcpListener,
+    service_names: &[&'static str],
+    routes: Routes,
+    auth: Option<AuthLayer>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in service_names.iter().copied().chain([""]) {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(agora_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("Failed to build the reflection service")?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(agora_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .context("Failed to build the reflection service")?;
+    let routes = routes
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let names = service_names.to_vec();
+    let drain = shutdown.clone();
+    tokio::spawn(async move {
+        drain.draining().await;
+        for name in names.into_iter().chain([""]) {
+            reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+    });
+
+    tonic::transport::Server::builder()
+        .layer(GrpcMetricsLayer)
+        .layer(tower::util::option_layer(auth))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.stopping_owned())
+        .await
+        .context("gRPC server failed")
+}

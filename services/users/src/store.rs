@@ -1,0 +1,568 @@
+//! PostgreSQL persistence (schema `users`). Every change that others must
+//! hear about writes its outbox event in the same transaction.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::{domain::Role, error::UsersError};
+
+/// The embedded migrations of this service.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    pub email_verified: bool,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl UserRow {
+    pub fn roles(&self) -> Vec<Role> {
+        self.roles
+            .iter()
+            .filter_map(|r| Role::from_name(r))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKeyRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub permissions: Vec<String>,
+    pub rate_limit_per_minute: i32,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// A one-time token's purpose, as stored.
+#[derive(Debug, Clone, Copy)]
+pub enum Purpose {
+    EmailVerification,
+    PasswordReset,
+}
+
+impl Purpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            Purpose::EmailVerification => "email_verification",
+            Purpose::PasswordReset => "password_reset",
+        }
+    }
+
+    fn event(self) -> &'static str {
+        match self {
+            Purpose::EmailVerification => "users.email_verification_requested",
+            Purpose::PasswordReset => "users.password_reset_requested",
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RefreshRow {
+    family_id: Uuid,
+    user_id: Uuid,
+    expires_at: DateTime<Utc>,
+    used_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+/// What presenting a refresh token led to.
+pub enum Rotation {
+    /// The token was current: here is its user; the new token is stored.
+    Rotated(UserRow),
+    /// The token was already used: its family is now revoked.
+    Reused,
+    /// Unknown, expired, revoked, or the user is deactivated.
+    Invalid,
+}
+
+// Column lists as macros so queries stay `&'static str` (sqlx checks that
+// SQL is not built from runtime strings).
+macro_rules! user_columns {
+    () => {
+        "id, email, display_name, password_hash, roles, email_verified, active, created_at, updated_at"
+    };
+}
+macro_rules! key_columns {
+    () => {
+        "id, user_id, name, prefix, permissions, rate_limit_per_minute, expires_at, created_at, last_used_at"
+    };
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    // --- accounts ---
+
+    /// Inserts an account; `EmailTaken` if the normalized email exists.
+    pub async fn create_user(
+        &self,
+        email: &str,
+        email_normalized: &str,
+        display_name: &str,
+        password_hash: &str,
+        roles: &[Role],
+        email_verified: bool,
+    ) -> Result<UserRow, UsersError> {
+        let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_as::<_, UserRow>(concat!("INSERT INTO users (id, email, email_normalized, display_name, password_hash, roles, email_verified)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (email_normalized) DO NOTHING
+             RETURNING ", user_columns!()))
+        .bind(Uuid::now_v7())
+        .bind(email)
+        .bind(email_normalized)
+        .bind(display_name)
+        .bind(password_hash)
+        .bind(&roles)
+        .bind(email_verified)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(UsersError::EmailTaken)?;
+        outbox(
+            &mut tx,
+            "users.user_registered",
+            row.id,
+            json!({"userId": row.id, "email": row.email, "roles": row.roles}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    pub async fn user_by_email(
+        &self,
+        email_normalized: &str,
+    ) -> Result<Option<UserRow>, UsersError> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE email_normalized = $1"
+        ))
+        .bind(email_normalized)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn user(&self, id: Uuid) -> Result<Option<UserRow>, UsersError> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    pub async fn update_display_name(
+        &self,
+        id: Uuid,
+        name: &str,
+    ) -> Result<Option<UserRow>, UsersError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<UserRow> = sqlx::query_as(concat!("UPDATE users SET display_name = $2, updated_at = now() WHERE id = $1 AND active RETURNING ", user_columns!()))
+        .bind(id)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = &row {
+            outbox(
+                &mut tx,
+                "users.user_updated",
+                row.id,
+                json!({"userId": row.id, "displayName": row.display_name}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// One page in (created_at, id) order, starting after `after`.
+    pub async fn list_users(
+        &self,
+        limit: i64,
+        after: Option<(DateTime<Utc>, Uuid)>,
+    ) -> Result<Vec<UserRow>, UsersError> {
+        let (ts, id) = after.unzip();
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users
+             WHERE $1::timestamptz IS NULL OR (created_at, id) > ($1, $2)
+             ORDER BY created_at, id LIMIT $3"
+        ))
+        .bind(ts)
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn set_roles(&self, id: Uuid, roles: &[Role]) -> Result<Option<UserRow>, UsersError> {
+        let roles: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        let row: Option<UserRow> = sqlx::query_as(concat!(
+            "UPDATE users SET roles = $2, updated_at = now() WHERE id = $1 RETURNING ",
+            user_columns!()
+        ))
+        .bind(id)
+        .bind(&roles)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = &row {
+            outbox(
+                &mut tx,
+                "users.roles_changed",
+                row.id,
+                json!({"userId": row.id, "roles": row.roles}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Deactivates an account and ends its sessions and API keys.
+    pub async fn deactivate(&self, id: Uuid) -> Result<Option<UserRow>, UsersError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<UserRow> = sqlx::query_as(concat!(
+            "UPDATE users SET active = false, updated_at = now() WHERE id = $1 RETURNING ",
+            user_columns!()
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = &row {
+            sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "UPDATE api_keys SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            outbox(
+                &mut tx,
+                "users.user_deactivated",
+                row.id,
+                json!({"userId": row.id}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    // --- refresh tokens ---
+
+    pub async fn insert_refresh_token(
+        &self,
+        hash: &[u8],
+        family: Uuid,
+        user_id: Uuid,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), UsersError> {
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(hash)
+            .bind(family)
+            .bind(user_id)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks the presented token used and stores its successor in the same
+    /// family, atomically. The row lock makes two concurrent presentations
+    /// of one token count as a reuse, never as two rotations.
+    pub async fn rotate_refresh_token(
+        &self,
+        presented: &[u8],
+        next: &[u8],
+        expires_at: DateTime<Utc>,
+    ) -> Result<Rotation, UsersError> {
+        let mut tx = self.pool.begin().await?;
+        let found: Option<RefreshRow> = sqlx::query_as(
+            "SELECT family_id, user_id, expires_at, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+        )
+        .bind(presented)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(RefreshRow {
+            family_id: family,
+            user_id,
+            expires_at: token_expires,
+            used_at,
+            revoked_at,
+        }) = found
+        else {
+            return Ok(Rotation::Invalid);
+        };
+        if used_at.is_some() {
+            sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL")
+                .bind(family)
+                .execute(&mut *tx)
+                .await?;
+            outbox(
+                &mut tx,
+                "users.refresh_token_reused",
+                user_id,
+                json!({"userId": user_id, "familyId": family}),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Rotation::Reused);
+        }
+        if revoked_at.is_some() || token_expires <= Utc::now() {
+            return Ok(Rotation::Invalid);
+        }
+        let user: Option<UserRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE id = $1 AND active"
+        ))
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(user) = user else {
+            return Ok(Rotation::Invalid);
+        };
+        sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
+            .bind(presented)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, family_id, user_id, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(next)
+            .bind(family)
+            .bind(user_id)
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Rotation::Rotated(user))
+    }
+
+    /// Revokes the family of a refresh token. Returns whether it was found.
+    pub async fn revoke_family_of(&self, presented: &[u8]) -> Result<bool, UsersError> {
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked_at = now()
+             WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1) AND revoked_at IS NULL",
+        )
+        .bind(presented)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // --- one-time tokens ---
+
+    /// Stores a one-time token and publishes it (with the secret, for the
+    /// mailer) through the outbox, in one transaction.
+    pub async fn issue_one_time_token(
+        &self,
+        user: &UserRow,
+        purpose: Purpose,
+        hash: &[u8],
+        secret: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), UsersError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO one_time_tokens (token_hash, user_id, purpose, expires_at) VALUES ($1, $2, $3, $4)")
+            .bind(hash)
+            .bind(user.id)
+            .bind(purpose.as_str())
+            .bind(expires_at)
+            .execute(&mut *tx)
+            .await?;
+        let payload = json!({"userId": user.id, "email": user.email, "token": secret, "expireTime": expires_at});
+        let event_id = outbox(&mut tx, purpose.event(), user.id, payload).await?;
+        tx.commit().await?;
+        tracing::info!(user_id = %user.id, %event_id, event = purpose.event(), "one-time token issued");
+        Ok(())
+    }
+
+    /// Consumes a valid token of `purpose` and marks the email verified.
+    pub async fn verify_email(&self, hash: &[u8]) -> Result<Option<UserRow>, UsersError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(user_id) = consume(&mut tx, hash, Purpose::EmailVerification).await? else {
+            return Ok(None);
+        };
+        let row: UserRow = sqlx::query_as(concat!(
+            "UPDATE users SET email_verified = true, updated_at = now() WHERE id = $1 RETURNING ",
+            user_columns!()
+        ))
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        outbox(
+            &mut tx,
+            "users.email_verified",
+            row.id,
+            json!({"userId": row.id, "email": row.email}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(row))
+    }
+
+    /// Consumes a valid reset token, sets the password and ends sessions.
+    pub async fn reset_password(
+        &self,
+        hash: &[u8],
+        password_hash: &str,
+    ) -> Result<bool, UsersError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(user_id) = consume(&mut tx, hash, Purpose::PasswordReset).await? else {
+            return Ok(false);
+        };
+        sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+            .bind(user_id)
+            .bind(password_hash)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        outbox(
+            &mut tx,
+            "users.password_changed",
+            user_id,
+            json!({"userId": user_id}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    // --- API keys ---
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_api_key(
+        &self,
+        user_id: Uuid,
+        name: &str,
+        prefix: &str,
+        hash: &[u8],
+        permissions: &[String],
+        rate_limit_per_minute: i32,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<ApiKeyRow, UsersError> {
+        Ok(sqlx::query_as(concat!("INSERT INTO api_keys (id, user_id, name, prefix, key_hash, permissions, rate_limit_per_minute, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ", key_columns!()))
+        .bind(Uuid::now_v7())
+        .bind(user_id)
+        .bind(name)
+        .bind(prefix)
+        .bind(hash)
+        .bind(permissions)
+        .bind(rate_limit_per_minute)
+        .bind(expires_at)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn list_api_keys(&self, user_id: Uuid) -> Result<Vec<ApiKeyRow>, UsersError> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    pub async fn revoke_api_key(&self, user_id: Uuid, id: Uuid) -> Result<bool, UsersError> {
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL")
+            .bind(id)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The live key with this hash and its active owner.
+    pub async fn authenticate_api_key(
+        &self,
+        hash: &[u8],
+    ) -> Result<Option<(ApiKeyRow, UserRow)>, UsersError> {
+        let key: Option<ApiKeyRow> = sqlx::query_as(concat!("UPDATE api_keys SET last_used_at = now()
+             WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+             RETURNING ", key_columns!()))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(key) = key else { return Ok(None) };
+        Ok(self
+            .user(key.user_id)
+            .await?
+            .filter(|u| u.active)
+            .map(|u| (key, u)))
+    }
+}
+
+/// Marks a live one-time token used; its user id if it was live.
+async fn consume(
+    tx: &mut Transaction<'_, Postgres>,
+    hash: &[u8],
+    purpose: Purpose,
+) -> Result<Option<Uuid>, UsersError> {
+    Ok(sqlx::query_scalar(
+        "UPDATE one_time_tokens SET used_at = now()
+         WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL AND expires_at > now()
+         RETURNING user_id",
+    )
+    .bind(hash)
+    .bind(purpose.as_str())
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// Appends an event to the outbox inside `tx`; returns the event id.
+async fn outbox(
+    tx: &mut Transaction<'_, Postgres>,
+    event_type: &str,
+    aggregate: Uuid,
+    payload: serde_json::Value,
+) -> Result<Uuid, UsersError> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO outbox (id, event_type, aggregate_id, payload) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(event_type)
+    .bind(aggregate.to_string())
+    .bind(payload)
+    .execute(&mut **tx)
+    .await?;
+    Ok(id)
+}

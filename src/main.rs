@@ -1,0 +1,140 @@
+//! `agora`: one binary for the whole mesh. `--target` picks the components.
+
+use std::{io::Read as _, path::PathBuf, process::ExitCode};
+
+use agora::{
+    app::{App, MODULES, Targets},
+    config::Config,
+};
+use agora_kit::config::Env;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "agora",
+    version,
+    about = "The Agora gRPC mesh with a REST/JSON edge"
+)]
+struct Cli {
+    /// Configuration file (default: ./agora.toml if present).
+    #[arg(long, global = true, env = "AGORA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run components until SIGTERM/SIGINT.
+    Serve {
+        /// Comma list of targets, or `all`.
+        #[arg(long, default_value = "all", env = "AGORA_TARGET")]
+        target: Targets,
+    },
+    /// Run database migrations and exit.
+    Migrate,
+    /// List targets and what each depends on.
+    Targets,
+    /// Account administration.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create an administrator. The password is read from stdin when piped;
+    /// otherwise one is generated and printed once.
+    CreateAdmin {
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "Administrator")]
+        display_name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    agora_kit::telemetry::init();
+    let config = match Config::load(cli.config.as_deref(), &Env::from_process()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agora: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agora: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "agora failed");
+            eprintln!("agora: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { target } => {
+            let app = App::build(config, &target).await?;
+            app.run_until_stopped(agora_kit::shutdown::signal()).await
+        }
+        Command::Migrate => {
+            agora_users::migrate(&config.database).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::Targets => {
+            for (_, name, deps, about) in MODULES {
+                let deps: Vec<_> = deps.iter().map(|d| d.name()).collect();
+                let deps = if deps.is_empty() {
+                    "-".to_owned()
+                } else {
+                    deps.join(",")
+                };
+                println!("{name:<10} depends on: {deps:<10} {about}");
+            }
+            Ok(())
+        }
+        Command::Users {
+            command:
+                UsersCommand::CreateAdmin {
+                    email,
+                    display_name,
+                },
+        } => {
+            let (password, generated) = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                (agora_users::secrets::new_secret("")?, true)
+            } else {
+                let mut buf = String::new();
+                std::io::stdin().read_to_string(&mut buf)?;
+                let pw = buf.trim_end_matches(['\r', '\n']).to_owned();
+                if pw.is_empty() {
+                    (agora_users::secrets::new_secret("")?, true)
+                } else {
+                    (pw, false)
+                }
+            };
+            let user = agora_users::create_admin(
+                &config.database,
+                &email,
+                password.clone(),
+                &display_name,
+            )
+            .await?;
+            println!("created admin {} ({})", user.email, user.id);
+            if generated {
+                println!("password (shown once): {password}");
+            }
+            Ok(())
+        }
+    }
+}
