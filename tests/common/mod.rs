@@ -1,0 +1,247 @@
+//! The end-to-end harness: `spawn_mesh()` starts the whole process (every
+//! target) in-process on ephemeral ports, against its own fresh PostgreSQL
+//! database, and gives typed helpers that act as REST and gRPC clients.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use agora::{
+    app::{App, Target, Targets},
+    config::Config,
+};
+use agora_kit::db::DatabaseConfig;
+use aws_lc_rs::signature::Ed25519KeyPair;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestMesh {
+    pub edge: String,
+    pub users_addr: SocketAddr,
+    pub admin: String,
+    pub database: DatabaseConfig,
+    pub db_name: String,
+    /// The PKCS#8 PEM the users service signs with (tests forge tokens with it).
+    pub signing_pem: String,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The maintenance database URL tests create their databases from.
+fn base_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn new_signing_pem() -> String {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let doc = Ed25519KeyPair::generate_pkcs8(&rng).expect("generate a key");
+    pem::encode(&pem::Pem::new("PRIVATE KEY", doc.as_ref().to_vec()))
+}
+
+pub async fn spawn_mesh() -> TestMesh {
+    spawn_mesh_with(|_| {}).await
+}
+
+/// Like [`spawn_mesh`], with a chance to adjust the configuration.
+pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
+    let db_name = format!("agora_test_{}", uuid::Uuid::new_v4().simple());
+    let url = url_with_database(&base_url(), &db_name);
+    let signing_pem = new_signing_pem();
+    let mut config = Config::default();
+    config.admin.addr = "127.0.0.1:0".parse().expect("addr");
+    config.users.addr = "127.0.0.1:0".parse().expect("addr");
+    config.edge.addr = "127.0.0.1:0".parse().expect("addr");
+    config.users.private_key = Some(signing_pem.clone());
+    config.database.url = url;
+    config.database.max_connections = 5;
+    config.shutdown.drain_delay = Duration::ZERO;
+    config.shutdown.grace_period = Duration::from_secs(5);
+    adjust(&mut config);
+    let database = config.database.clone();
+
+    let app = App::build(config, &"all".parse::<Targets>().expect("targets"))
+        .await
+        .expect("mesh builds");
+    let edge = format!("http://{}", app.addr(Target::Edge).expect("edge addr"));
+    let users_addr = app.addr(Target::Users).expect("users addr");
+    let admin = format!("http://{}", app.admin_addr().expect("admin addr"));
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestMesh {
+        edge,
+        users_addr,
+        admin,
+        database,
+        db_name,
+        signing_pem,
+        http: reqwest::Client::new(),
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// `url` with its database path replaced by `db`.
+fn url_with_database(url: &str, db: &str) -> String {
+    let (head, query) = url
+        .split_once('?')
+        .map_or((url, None), |(h, q)| (h, Some(q)));
+    let authority_start = head.find("://").map_or(0, |i| i + 3);
+    let path_start = head[authority_start..]
+        .find('/')
+        .map_or(head.len(), |i| authority_start + i);
+    let mut out = format!("{}/{}", &head[..path_start], db);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// A response: status and JSON body (Null when the body is not JSON).
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Reply {
+    pub fn message(&self) -> &str {
+        self.body["message"].as_str().unwrap_or("")
+    }
+}
+
+impl TestMesh {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.edge)
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let resp = req.send().await.expect("edge answers");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> Reply {
+        let mut req = self.http.request(method, self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
+        self.call(reqwest::Method::POST, path, token, body).await
+    }
+
+    pub async fn register(&self, email: &str) -> Value {
+        let r = self
+            .post(
+                "/api/v1/users",
+                None,
+                json!({"email": email, "password": PASSWORD, "displayName": "Test User"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "register {email}: {:?}", r.body);
+        r.body
+    }
+
+    /// Logs in; returns (access token, refresh token).
+    pub async fn login(&self, email: &str, password: &str) -> (String, String) {
+        let r = self
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "login {email}: {:?}", r.body);
+        let t = &r.body["tokens"];
+        (
+            t["accessToken"].as_str().expect("access").into(),
+            t["refreshToken"].as_str().expect("refresh").into(),
+        )
+    }
+
+    /// Registers and logs in a customer; returns (user id, access token).
+    pub async fn customer(&self, email: &str) -> (String, String) {
+        let user = self.register(email).await;
+        let (access, _) = self.login(email, PASSWORD).await;
+        (user["id"].as_str().expect("id").to_owned(), access)
+    }
+
+    /// Creates an admin the way an operator does and logs in.
+    pub async fn admin(&self) -> (String, String) {
+        let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
+        let user = agora_users::create_admin(&self.database, &email, PASSWORD.into(), "Admin")
+            .await
+            .expect("create admin");
+        let (access, _) = self.login(&email, PASSWORD).await;
+        (user.id.to_string(), access)
+    }
+
+    /// The secret token of the newest `event_type` outbox event for a user.
+    pub async fn outbox_token(&self, event_type: &str, user_id: &str) -> String {
+        let mut conn = PgConnection::connect(&self.database.url).await.expect("db");
+        let payload: Value = sqlx::query_scalar(
+            "SELECT payload FROM users.outbox WHERE event_type = $1 AND aggregate_id = $2 ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(event_type)
+        .bind(user_id)
+        .fetch_one(&mut conn)
+        .await
+        .expect("outbox event");
+        payload["token"]
+            .as_str()
+            .expect("token in payload")
+            .to_owned()
+    }
+
+    /// Signals the process to stop (as SIGTERM would) without waiting.
+    pub fn begin_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Stops the mesh and drops its database.
+    pub async fn stop(mut self) {
+        self.begin_stop();
+        if let Some(task) = self.task.take() {
+            task.await.expect("mesh task").expect("mesh stops cleanly");
+        }
+        if let Ok(mut conn) = PgConnection::connect(&base_url()).await {
+            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db_name);
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}

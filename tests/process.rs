@@ -1,0 +1,187 @@
+//! The `agora` process as operators run it: the CLI, configuration errors,
+//! and the drain-then-stop shutdown sequence.
+
+mod common;
+
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{spawn_mesh, spawn_mesh_with};
+use reqwest::StatusCode;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+fn agora() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_agora"));
+    cmd.env("AGORA_LOG_FORMAT", "text").env("RUST_LOG", "warn");
+    cmd
+}
+
+#[test]
+fn targets_lists_every_component() {
+    let out = agora().arg("targets").output().expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("users") && text.contains("edge"), "{text}");
+}
+
+#[test]
+fn an_unknown_target_or_bad_setting_stops_at_start_naming_it() {
+    let out = agora()
+        .args(["serve", "--target", "users,billing"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("billing"), "{err}");
+
+    let out = agora()
+        .args(["serve", "--target", "edge"])
+        .env("AGORA_EDGE_ADDR", "port three thousand")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AGORA_EDGE_ADDR"), "{err}");
+
+    let out = agora()
+        .args(["serve"])
+        .env("USER_SERVICE_URL", "::not a url::")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("USER_SERVICE_URL"));
+}
+
+#[test]
+fn sigterm_stops_a_serving_process_cleanly() {
+    let mut child = agora()
+        .args(["serve", "--target", "edge"])
+        .env("AGORA_EDGE_ADDR", "127.0.0.1:0")
+        .env("AGORA_ADMIN_ADDR", "127.0.0.1:0")
+        .env("AGORA_SHUTDOWN_DRAIN_MS", "100")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    // Wait until it logs that it serves.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut buf = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut buf);
+        buf
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(code) = child.try_wait().expect("wait") {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = reader.join().expect("reader");
+    assert!(code.success(), "exit {code:?}; log:\n{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+}
+
+#[tokio::test]
+async fn create_admin_makes_an_administrator_who_can_log_in() {
+    let mesh = spawn_mesh().await;
+    let mut child = agora()
+        .args([
+            "users",
+            "create-admin",
+            "--email",
+            "root@example.com",
+            "--display-name",
+            "Root",
+        ])
+        .env("DATABASE_URL", &mesh.database.url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"an admin passphrase\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("finishes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("an admin passphrase"),
+        "a given password is not echoed"
+    );
+
+    let (access, _) = mesh.login("root@example.com", "an admin passphrase").await;
+    let me = mesh.get("/api/v1/users/me", Some(&access)).await;
+    assert_eq!(me.body["roles"], serde_json::json!(["ROLE_ADMIN"]));
+    assert_eq!(
+        mesh.get("/api/v1/users", Some(&access)).await.status,
+        StatusCode::OK
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn on_stop_the_process_reports_not_serving_before_it_closes() {
+    let mut mesh = spawn_mesh_with(|c| c.shutdown.drain_delay = Duration::from_secs(2)).await;
+    let ready = mesh
+        .http
+        .get(format!("{}/readyz", mesh.admin))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), StatusCode::OK);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", mesh.users_addr))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+
+    mesh.begin_stop();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let ready = mesh
+            .http
+            .get(format!("{}/readyz", mesh.admin))
+            .send()
+            .await
+            .expect("readyz during drain");
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health during drain");
+        if ready.status() == StatusCode::SERVICE_UNAVAILABLE
+            && status.get_ref().status() == ServingStatus::NotServing
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "draining was never reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    mesh.stop().await;
+}

@@ -1,0 +1,260 @@
+//! The users service as REST clients use it, through the edge.
+
+mod common;
+
+use common::{PASSWORD, spawn_mesh};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_new_user_registers_logs_in_and_reads_their_profile() {
+    let mesh = spawn_mesh().await;
+    let user = mesh.register("Ana@Example.com").await;
+    assert_eq!(user["email"], "Ana@Example.com");
+    assert_eq!(user["displayName"], "Test User");
+    assert_eq!(user["roles"], json!(["ROLE_CUSTOMER"]));
+    assert_eq!(user["emailVerified"], false);
+    assert!(user.get("password").is_none() && user.get("passwordHash").is_none());
+
+    let login = mesh
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": "ana@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{:?}", login.body);
+    assert_eq!(login.body["tokens"]["tokenType"], "Bearer");
+    assert_eq!(login.body["tokens"]["expiresIn"], 900);
+    let access = login.body["tokens"]["accessToken"].as_str().expect("token");
+
+    let me = mesh.get("/api/v1/users/me", Some(access)).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.body["id"], user["id"]);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn registering_an_email_twice_is_a_conflict_whatever_its_case() {
+    let mesh = spawn_mesh().await;
+    mesh.register("bo@example.com").await;
+    let again = mesh
+        .post(
+            "/api/v1/users",
+            None,
+            json!({"email": "BO@example.com", "password": PASSWORD, "displayName": "Bo"}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.body["code"], 6);
+    assert!(
+        again.message().contains("already exists"),
+        "{:?}",
+        again.body
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn registration_input_errors_name_the_field() {
+    let mesh = spawn_mesh().await;
+    for (body, field) in [
+        (
+            json!({"email": "nope", "password": PASSWORD, "displayName": "X"}),
+            "email",
+        ),
+        (
+            json!({"email": "x@example.com", "password": "short", "displayName": "X"}),
+            "password",
+        ),
+        (
+            json!({"email": "x@example.com", "password": PASSWORD, "displayName": "  "}),
+            "display_name",
+        ),
+        (
+            json!({"email": "x@example.com", "password": PASSWORD, "displayName": 5}),
+            "displayName",
+        ),
+    ] {
+        let r = mesh.post("/api/v1/users", None, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+        assert!(r.message().contains(field), "{field}: {:?}", r.body);
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_or_unknown_email_is_unauthorized() {
+    let mesh = spawn_mesh().await;
+    mesh.register("cy@example.com").await;
+    for email in ["cy@example.com", "nobody@example.com"] {
+        let r = mesh
+            .post(
+                "/api/v1/auth/login",
+                None,
+                json!({"email": email, "password": "wrong horse battery"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.message(), "wrong email or password");
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_wrong_methods_and_malformed_json_answer_in_the_status_shape() {
+    let mesh = spawn_mesh().await;
+    let r = mesh.get("/api/v1/nothing-here", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["code"], 5);
+    assert!(r.body["details"].is_array());
+
+    let r = mesh
+        .send(mesh.http.delete(mesh.url("/api/v1/auth/login")))
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        r.headers.get("allow").and_then(|v| v.to_str().ok()),
+        Some("POST")
+    );
+
+    let r = mesh
+        .send(
+            mesh.http
+                .post(mesh.url("/api/v1/auth/login"))
+                .header("content-type", "application/json")
+                .body("{\"email\":"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.body["code"], 3);
+
+    let r = mesh
+        .post(
+            "/api/v1/auth/login",
+            None,
+            json!({"email": "a@example.com", "pasword": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.message().contains("pasword"), "{:?}", r.body);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn updating_my_profile_follows_the_field_mask() {
+    let mesh = spawn_mesh().await;
+    let (_, access) = mesh.customer("di@example.com").await;
+    let r = mesh
+        .call(
+            Method::PATCH,
+            "/api/v1/users/me",
+            Some(&access),
+            json!({"displayName": "Diana"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["displayName"], "Diana");
+
+    let r = mesh
+        .call(
+            Method::PATCH,
+            "/api/v1/users/me?updateMask=displayName",
+            Some(&access),
+            json!({"displayName": "Di", "email": "x@y.z"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["displayName"], "Di");
+    assert_eq!(
+        r.body["email"], "di@example.com",
+        "fields outside the mask are untouched"
+    );
+
+    let r = mesh
+        .call(
+            Method::PATCH,
+            "/api/v1/users/me",
+            Some(&access),
+            json!({"email": "new@example.com"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.message().contains("email"), "{:?}", r.body);
+    assert_eq!(
+        mesh.get("/api/v1/users/me", Some(&access)).await.body["displayName"],
+        "Di"
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn public_keys_and_the_openapi_document_need_no_credentials() {
+    let mesh = spawn_mesh().await;
+    let jwks = mesh.get("/.well-known/jwks.json", None).await;
+    assert_eq!(jwks.status, StatusCode::OK);
+    let key = &jwks.body["keys"][0];
+    assert_eq!(key["kty"], "OKP");
+    assert_eq!(key["alg"], "EdDSA");
+    assert!(key["kid"].as_str().is_some_and(|k| !k.is_empty()));
+
+    let doc = mesh.get("/api/v1/openapi.json", None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert_eq!(doc.body["openapi"], "3.1.0");
+    let paths = doc.body["paths"].as_object().expect("paths");
+    for p in [
+        "/api/v1/users",
+        "/api/v1/users/me",
+        "/api/v1/users/{id}",
+        "/api/v1/auth/login",
+        "/api/v1/api-keys/{id}",
+    ] {
+        assert!(paths.contains_key(p), "OpenAPI lacks {p}");
+    }
+    assert_eq!(
+        doc.body["paths"]["/api/v1/auth/login"]["post"]["security"],
+        json!([])
+    );
+    assert!(
+        doc.body["components"]["schemas"]["agora.users.v1.User"]["properties"]["displayName"]
+            .is_object()
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn health_metrics_and_probes_report_a_serving_mesh() {
+    let mesh = spawn_mesh().await;
+    let h = mesh.get("/health", None).await;
+    assert_eq!(h.status, StatusCode::OK, "{:?}", h.body);
+    assert_eq!(h.body["status"], "healthy");
+    assert_eq!(h.body["services"][0]["name"], "users");
+    assert_eq!(h.body["services"][0]["status"], "healthy");
+    assert!(h.body["services"][0]["responseTime"].is_number());
+
+    let ready = mesh
+        .http
+        .get(format!("{}/readyz", mesh.admin))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), StatusCode::OK);
+    let live = mesh
+        .http
+        .get(format!("{}/livez", mesh.admin))
+        .send()
+        .await
+        .expect("livez");
+    assert_eq!(live.status(), StatusCode::OK);
+    let metrics = mesh
+        .http
+        .get(format!("{}/metrics", mesh.admin))
+        .send()
+        .await
+        .expect("metrics");
+    let text = metrics.text().await.expect("text");
+    assert!(text.contains("http_requests_total"), "{text}");
+    assert!(text.contains("route=\"/health\""), "{text}");
+    assert!(text.contains("grpc_server_handled_total"), "{text}");
+    mesh.stop().await;
+}
