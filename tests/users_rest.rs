@@ -258,3 +258,59 @@ async fn health_metrics_and_probes_report_a_serving_mesh() {
     assert!(text.contains("grpc_server_handled_total"), "{text}");
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn browsers_from_allowed_origins_pass_cors_and_every_answer_has_a_request_id() {
+    let mesh =
+        common::spawn_mesh_with(|c| c.edge.cors_origins = vec!["https://shop.example".into()])
+            .await;
+    let preflight = mesh
+        .send(
+            mesh.http
+                .request(Method::OPTIONS, mesh.url("/api/v1/users/me"))
+                .header("origin", "https://shop.example")
+                .header("access-control-request-method", "PATCH")
+                .header(
+                    "access-control-request-headers",
+                    "authorization,content-type",
+                ),
+        )
+        .await;
+    assert!(preflight.status.is_success(), "{:?}", preflight.status);
+    let allowed = preflight
+        .headers
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok());
+    assert_eq!(allowed, Some("https://shop.example"));
+
+    let other = mesh
+        .send(
+            mesh.http
+                .get(mesh.url("/health"))
+                .header("origin", "https://evil.example"),
+        )
+        .await;
+    assert!(other.headers.get("access-control-allow-origin").is_none());
+    assert!(
+        other
+            .headers
+            .get("x-request-id")
+            .is_some_and(|v| !v.is_empty())
+    );
+
+    let given = mesh
+        .send(
+            mesh.http
+                .get(mesh.url("/api/v1/nowhere"))
+                .header("x-request-id", "req-123"),
+        )
+        .await;
+    assert_eq!(
+        given
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-123")
+    );
+    mesh.stop().await;
+}

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agora_kit::auth::{API_KEY_HEADER, Caller, Credential, TokenError, VerifyingKeys, bearer};
+use agora_kit::auth::{Caller, Credential, Presented, TokenError, VerifyingKeys};
 use agora_proto::users::v1::{
     AuthenticateApiKeyRequest, GetJwksRequest, users_service_client::UsersServiceClient,
 };
@@ -43,51 +43,39 @@ impl EdgeAuth {
 
     /// The verified caller, `None` without credentials, or 401.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
-        if let Some(value) = headers.get(http::header::AUTHORIZATION) {
-            let token = value.to_str().ok().and_then(bearer).ok_or_else(|| {
-                ApiError::new(
-                    Code::Unauthenticated,
-                    "the authorization header must be `Bearer <access token>`",
-                )
-            })?;
-            let claims = self
-                .verify(token)
-                .await
-                .map_err(|e| ApiError::new(Code::Unauthenticated, e.to_string()))?;
-            return Ok(Some(Caller {
-                user_id: claims.sub,
-                roles: claims.roles,
-                credential: Credential::AccessToken,
-            }));
+        match Presented::from_headers(headers)? {
+            None => Ok(None),
+            Some(Presented::AccessToken(token)) => {
+                let claims = self
+                    .verify(token)
+                    .await
+                    .map_err(|e| ApiError::new(Code::Unauthenticated, e.to_string()))?;
+                Ok(Some(claims.into()))
+            }
+            Some(Presented::ApiKey(secret)) => {
+                let Some(users) = self.users.clone() else {
+                    return Err(ApiError::new(
+                        Code::Unavailable,
+                        "API keys cannot be checked: no users service configured",
+                    ));
+                };
+                let key = users
+                    .clone()
+                    .authenticate_api_key(AuthenticateApiKeyRequest {
+                        secret: secret.to_owned(),
+                    })
+                    .await?
+                    .into_inner();
+                Ok(Some(Caller {
+                    user_id: key.user_id,
+                    roles: key.roles,
+                    credential: Credential::ApiKey {
+                        key_id: key.key_id,
+                        permissions: key.permissions,
+                    },
+                }))
+            }
         }
-        if let Some(value) = headers.get(API_KEY_HEADER) {
-            let secret = value
-                .to_str()
-                .map_err(|_| ApiError::new(Code::Unauthenticated, "the API key is invalid"))?;
-            let Some(users) = self.users.clone() else {
-                return Err(ApiError::new(
-                    Code::Unavailable,
-                    "API keys cannot be checked: no users service configured",
-                ));
-            };
-            let key = users
-                .clone()
-                .authenticate_api_key(AuthenticateApiKeyRequest {
-                    secret: secret.to_owned(),
-                })
-                .await
-                .map_err(ApiError::from)?
-                .into_inner();
-            return Ok(Some(Caller {
-                user_id: key.user_id,
-                roles: key.roles,
-                credential: Credential::ApiKey {
-                    key_id: key.key_id,
-                    permissions: key.permissions,
-                },
-            }));
-        }
-        Ok(None)
     }
 
     async fn verify(&self, token: &str) -> Result<agora_kit::auth::AccessClaims, TokenError> {

@@ -39,10 +39,14 @@ use axum::{
     response::Response,
     routing::get,
 };
+use http::Method;
 use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+};
 
 use crate::{
     auth::EdgeAuth,
@@ -64,6 +68,9 @@ pub struct EdgeConfig {
     pub jwt_issuer: String,
     /// Expected `aud` of access tokens (`AGORA_JWT_AUDIENCE`, default `agora`).
     pub jwt_audience: String,
+    /// Origins browsers may call from (`AGORA_EDGE_CORS_ORIGINS`, a comma
+    /// list, or `*`; default none: no CORS headers).
+    pub cors_origins: Vec<String>,
     /// The services behind the edge and how to call each.
     pub upstreams: UpstreamsConfig,
 }
@@ -75,6 +82,7 @@ impl Default for EdgeConfig {
             body_limit_bytes: 1 << 20,
             jwt_issuer: "agora".into(),
             jwt_audience: "agora".into(),
+            cors_origins: Vec::new(),
             upstreams: UpstreamsConfig::default(),
         }
     }
@@ -86,6 +94,14 @@ impl EdgeConfig {
         env.parse_into("AGORA_EDGE_BODY_LIMIT_BYTES", &mut self.body_limit_bytes)?;
         env.string_into("AGORA_JWT_ISSUER", &mut self.jwt_issuer);
         env.string_into("AGORA_JWT_AUDIENCE", &mut self.jwt_audience);
+        if let Some(list) = env.get("AGORA_EDGE_CORS_ORIGINS") {
+            self.cors_origins = list
+                .split(',')
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect();
+        }
+        cors_layer(&self.cors_origins)?;
         self.upstreams.apply_env(env)?;
         if self.body_limit_bytes == 0 {
             return Err(ConfigError::invalid(
@@ -157,7 +173,8 @@ impl EdgeComponent {
             body_limit: self.config.body_limit_bytes,
             shutdown: shutdown.clone(),
         };
-        axum::serve(self.listener, router(state))
+        let cors = cors_layer(&self.config.cors_origins)?;
+        axum::serve(self.listener, router(state, cors))
             .with_graceful_shutdown(shutdown.stopping_owned())
             .await
             .context("edge server failed")
@@ -166,15 +183,62 @@ impl EdgeComponent {
 
 /// The edge's HTTP stack. Outermost first: request ids are set before
 /// anything logs, and metrics see the final status of every answer.
-pub fn router(state: EdgeState) -> Router {
-    Router::new()
+/// CORS answers preflights before routing, so it sits outside the rest.
+pub fn router(state: EdgeState, cors: Option<CorsLayer>) -> Router {
+    let app = Router::new()
         .route("/health", get(health::health))
         .route("/api/v1/openapi.json", get(openapi_json))
         .fallback(proxy::handle)
         .with_state(state)
         .layer(middleware::from_fn(record_metrics))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
+}
+
+/// The CORS policy for `origins`; `None` when no origin is allowed.
+fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ConfigError> {
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|o| {
+                o.parse::<http::HeaderValue>().map_err(|_| {
+                    ConfigError::invalid(
+                        "AGORA_EDGE_CORS_ORIGINS",
+                        format!("{o:?} is not a valid origin"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(values)
+    };
+    Ok(Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ])
+            .allow_headers([
+                http::header::AUTHORIZATION,
+                http::header::CONTENT_TYPE,
+                http::HeaderName::from_static("x-api-key"),
+                http::HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([http::HeaderName::from_static("x-request-id")])
+            .max_age(std::time::Duration::from_secs(600)),
+    ))
 }
 
 async fn openapi_json(State(state): State<EdgeState>) -> Json<serde_json::Value> {

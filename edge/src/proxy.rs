@@ -68,7 +68,7 @@ pub async fn handle(State(state): State<EdgeState>, req: Request) -> Response {
                 .into_response();
         }
     };
-    let label = RouteLabel(Arc::from(route.template.to_string()));
+    let label = RouteLabel(route.label.clone());
     let mut resp = match call(&state, route, &values, req).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -123,10 +123,6 @@ async fn call(
     );
     grpc_req.set_timeout(upstream.policy.timeout);
 
-    let path = http::uri::PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(
-        route.grpc_path.as_bytes(),
-    ))
-    .map_err(|_| ApiError::new(Code::Internal, "invalid gRPC path"))?;
     let mut client = tonic::client::Grpc::new(upstream.channel.clone());
     let started = Instant::now();
     client.ready().await.map_err(|e| {
@@ -136,7 +132,9 @@ async fn call(
             "the service is unavailable; try again later",
         )
     })?;
-    let result = client.unary(grpc_req, path, RawCodec).await;
+    let result = client
+        .unary(grpc_req, route.grpc_uri.clone(), RawCodec)
+        .await;
     metrics::histogram!("upstream_request_duration_seconds", "upstream" => upstream.name.clone())
         .record(started.elapsed().as_secs_f64());
     let reply = result.map_err(ApiError::from)?.into_inner();

@@ -41,6 +41,10 @@ pub struct Route {
     pub method: MethodDescriptor,
     /// `/package.Service/Method`.
     pub grpc_path: Arc<str>,
+    /// The same path, ready for the gRPC client (cheap to clone).
+    pub grpc_uri: http::uri::PathAndQuery,
+    /// The template text, the route's metrics label.
+    pub label: Arc<str>,
     /// The upstream that serves the method (`users`, `catalog`…).
     pub upstream: Arc<str>,
     pub access: Access,
@@ -230,6 +234,11 @@ impl Route {
                 ))
             })?),
         };
+        let grpc_uri = http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(
+            grpc_path.as_bytes(),
+        ))
+        .map_err(|e| bad(format!("invalid gRPC path: {e}")))?;
+        let label = Arc::from(path.as_str());
         Ok(Self {
             http_method,
             template,
@@ -238,6 +247,8 @@ impl Route {
             response_body,
             method: method.clone(),
             grpc_path,
+            grpc_uri,
+            label,
             upstream,
             access,
         })

@@ -164,6 +164,51 @@ pub fn bearer(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The credential a request presents, read from its headers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// `authorization: Bearer <token>`.
+    AccessToken(&'a str),
+    /// `x-api-key: <secret>`.
+    ApiKey(&'a str),
+}
+
+impl<'a> Presented<'a> {
+    /// The request's credential, `None` without one, or Unauthenticated
+    /// when a header is present but unusable.
+    pub fn from_headers(headers: &'a http::HeaderMap) -> Result<Option<Self>, Status> {
+        if let Some(value) = headers.get(http::header::AUTHORIZATION) {
+            return value
+                .to_str()
+                .ok()
+                .and_then(bearer)
+                .map(|t| Some(Self::AccessToken(t)))
+                .ok_or_else(|| {
+                    Status::unauthenticated(
+                        "the authorization header must be `Bearer <access token>`",
+                    )
+                });
+        }
+        if let Some(value) = headers.get(API_KEY_HEADER) {
+            return value
+                .to_str()
+                .map(|k| Some(Self::ApiKey(k)))
+                .map_err(|_| Status::unauthenticated("the API key is invalid"));
+        }
+        Ok(None)
+    }
+}
+
+impl From<AccessClaims> for Caller {
+    fn from(claims: AccessClaims) -> Self {
+        Caller {
+            user_id: claims.sub,
+            roles: claims.roles,
+            credential: Credential::AccessToken,
+        }
+    }
+}
+
 /// Turns request credentials into a [`Caller`]. `Ok(None)` means the request
 /// carried no credentials; bad credentials are an error.
 pub trait Authenticator: Send + Sync + 'static {

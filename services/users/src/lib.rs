@@ -22,7 +22,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use agora_kit::{
     access::AccessPolicy,
-    auth::{API_KEY_HEADER, AuthLayer, Authenticator, Caller, Credential, TokenError, bearer},
+    auth::{AuthLayer, Authenticator, Caller, Credential, Presented, TokenError},
     config::{ConfigError, Env},
     db::DatabaseConfig,
     shutdown::Shutdown,
@@ -216,38 +216,28 @@ impl Authenticator for UsersAuthenticator {
         headers: &'a http::HeaderMap,
     ) -> BoxFuture<'a, Result<Option<Caller>, Status>> {
         Box::pin(async move {
-            if let Some(value) = headers.get(http::header::AUTHORIZATION) {
-                let token = value.to_str().ok().and_then(bearer).ok_or_else(|| {
-                    Status::unauthenticated(
-                        "the authorization header must be `Bearer <access token>`",
-                    )
-                })?;
-                let claims = self
-                    .keys
-                    .verifying()
-                    .verify(token)
-                    .map_err(|e: TokenError| Status::unauthenticated(e.to_string()))?;
-                return Ok(Some(Caller {
-                    user_id: claims.sub,
-                    roles: claims.roles,
-                    credential: Credential::AccessToken,
-                }));
+            match Presented::from_headers(headers)? {
+                None => Ok(None),
+                Some(Presented::AccessToken(token)) => {
+                    let claims = self
+                        .keys
+                        .verifying()
+                        .verify(token)
+                        .map_err(|e: TokenError| Status::unauthenticated(e.to_string()))?;
+                    Ok(Some(claims.into()))
+                }
+                Some(Presented::ApiKey(secret)) => {
+                    let (key, user) = api::authenticate_key(&self.store, secret).await?;
+                    Ok(Some(Caller {
+                        user_id: user.id.to_string(),
+                        roles: user.roles,
+                        credential: Credential::ApiKey {
+                            key_id: key.id.to_string(),
+                            permissions: key.permissions,
+                        },
+                    }))
+                }
             }
-            if let Some(value) = headers.get(API_KEY_HEADER) {
-                let secret = value
-                    .to_str()
-                    .map_err(|_| Status::unauthenticated("the API key is invalid"))?;
-                let (key, user) = api::authenticate_key(&self.store, secret).await?;
-                return Ok(Some(Caller {
-                    user_id: user.id.to_string(),
-                    roles: user.roles,
-                    credential: Credential::ApiKey {
-                        key_id: key.id.to_string(),
-                        permissions: key.permissions,
-                    },
-                }));
-            }
-            Ok(None)
         })
     }
 }
