@@ -6,6 +6,7 @@ use std::{env, fs, path::PathBuf};
 
 const PROTOS: &[&str] = &[
     "agora/api/v1/access.proto",
+    "agora/catalog/v1/catalog.proto",
     "agora/users/v1/users.proto",
     "google/api/annotations.proto",
 ];

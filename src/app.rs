@@ -8,6 +8,7 @@
 
 use std::{fmt, net::SocketAddr, str::FromStr};
 
+use agora_catalog::CatalogComponent;
 use agora_edge::EdgeComponent;
 use agora_kit::{
     admin::{self, Readiness},
@@ -23,6 +24,7 @@ use crate::config::Config;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Target {
     Users,
+    Catalog,
     Edge,
 }
 
@@ -34,6 +36,12 @@ pub const MODULES: &[(Target, &str, &[Target], &str)] = &[
         "users",
         &[],
         "accounts, passwords, JWT/JWKS, roles, API keys (gRPC 3001; PostgreSQL)",
+    ),
+    (
+        Target::Catalog,
+        "catalog",
+        &[],
+        "products, categories, stock, reservations, search, recommendations (gRPC 3002; PostgreSQL, Redis)",
     ),
     (
         Target::Edge,
@@ -113,6 +121,7 @@ pub fn resolve(targets: &[Target]) -> Vec<Target> {
 
 enum Component {
     Users(UsersComponent),
+    Catalog(CatalogComponent),
     Edge(EdgeComponent),
 }
 
@@ -135,13 +144,22 @@ impl App {
                     let users = UsersComponent::build(config.users.clone(), &config.database)
                         .await
                         .context("Failed to start the users service")?;
-                    // In one process the edge reaches users where it really listens.
-                    if targets.0.contains(&Target::Edge)
-                        && let Some(policy) = config.edge.upstreams.0.get_mut("users")
-                    {
-                        policy.url = format!("http://{}", loopback(users.local_addr()?));
+                    // In one process, others reach users where it really listens.
+                    let url = format!("http://{}", loopback(users.local_addr()?));
+                    if let Some(policy) = config.edge.upstreams.0.get_mut("users") {
+                        policy.url = url.clone();
                     }
+                    config.catalog.users_url = url;
                     Component::Users(users)
+                }
+                Target::Catalog => {
+                    let catalog = CatalogComponent::build(config.catalog.clone(), &config.database)
+                        .await
+                        .context("Failed to start the catalog service")?;
+                    if let Some(policy) = config.edge.upstreams.0.get_mut("catalog") {
+                        policy.url = format!("http://{}", loopback(catalog.local_addr()?));
+                    }
+                    Component::Catalog(catalog)
                 }
                 Target::Edge => Component::Edge(
                     EdgeComponent::build(config.edge.clone())
@@ -187,6 +205,7 @@ impl App {
             let name = target.name();
             match component {
                 Component::Users(c) => tasks.spawn(async move { (name, c.run(s).await) }),
+                Component::Catalog(c) => tasks.spawn(async move { (name, c.run(s).await) }),
                 Component::Edge(c) => tasks.spawn(async move { (name, c.run(s).await) }),
             };
         }
@@ -255,6 +274,7 @@ fn describe_named(done: Done) -> (&'static str, anyhow::Result<()>) {
 fn component_addr(c: &Component) -> Option<SocketAddr> {
     match c {
         Component::Users(u) => u.local_addr().ok(),
+        Component::Catalog(c) => c.local_addr().ok(),
         Component::Edge(e) => e.local_addr().ok(),
     }
 }
@@ -283,7 +303,7 @@ mod tests {
     fn targets_parse_as_a_comma_list() {
         assert_eq!(
             "all".parse::<Targets>().expect("valid").0,
-            vec![Target::Users, Target::Edge]
+            vec![Target::Users, Target::Catalog, Target::Edge]
         );
         assert_eq!(
             "edge".parse::<Targets>().expect("valid").0,

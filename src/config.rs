@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use agora_catalog::CatalogConfig;
 use agora_edge::EdgeConfig;
 use agora_kit::{
     admin::AdminConfig,
@@ -20,6 +21,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub database: DatabaseConfig,
     pub users: UsersConfig,
+    pub catalog: CatalogConfig,
     pub edge: EdgeConfig,
 }
 
@@ -34,6 +36,7 @@ impl Config {
         config.shutdown.apply_env(env)?;
         config.database.apply_env(env)?;
         config.users.apply_env(env)?;
+        config.catalog.apply_env(env)?;
         config.edge.apply_env(env)?;
         Ok(config)
     }

@@ -7,6 +7,7 @@ use agora::{
     config::Config,
 };
 use agora_kit::config::Env;
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -39,6 +40,21 @@ enum Command {
     Users {
         #[command(subcommand)]
         command: UsersCommand,
+    },
+    /// Load generated data for trials and benchmarks.
+    Seed {
+        #[command(subcommand)]
+        command: SeedCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SeedCommand {
+    /// Add a category tree and generated products to the catalog.
+    Catalog {
+        /// How many products to add.
+        #[arg(long, default_value_t = 1000)]
+        products: usize,
     },
 }
 
@@ -89,7 +105,25 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Migrate => {
             agora_users::migrate(&config.database).await?;
+            agora_catalog::migrate(&config.database).await?;
             println!("migrations applied");
+            Ok(())
+        }
+        Command::Seed {
+            command: SeedCommand::Catalog { products },
+        } => {
+            let store = agora_catalog::connect(&config.database).await?;
+            let bar = indicatif::ProgressBar::new(products as u64).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} products ({per_sec}, {eta} left)",
+                )?,
+            );
+            agora_catalog::seed::seed(store.pool(), products, |done| bar.set_position(done as u64))
+                .await
+                .map_err(anyhow::Error::new)
+                .context("seeding failed")?;
+            bar.finish();
+            println!("added {products} products");
             Ok(())
         }
         Command::Targets => {

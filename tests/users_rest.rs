@@ -228,9 +228,15 @@ async fn health_metrics_and_probes_report_a_serving_mesh() {
     let h = mesh.get("/health", None).await;
     assert_eq!(h.status, StatusCode::OK, "{:?}", h.body);
     assert_eq!(h.body["status"], "healthy");
-    assert_eq!(h.body["services"][0]["name"], "users");
-    assert_eq!(h.body["services"][0]["status"], "healthy");
-    assert!(h.body["services"][0]["responseTime"].is_number());
+    let services = h.body["services"].as_array().expect("services");
+    for name in ["users", "catalog"] {
+        let s = services
+            .iter()
+            .find(|s| s["name"] == name)
+            .expect("each upstream is checked");
+        assert_eq!(s["status"], "healthy", "{name}");
+        assert!(s["responseTime"].is_number());
+    }
 
     let ready = mesh
         .http

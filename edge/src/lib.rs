@@ -8,13 +8,11 @@
 //! - [`transcode`]: JSON/URL ⇄ dynamic protobuf messages.
 //! - [`codec`]: a pass-through gRPC codec for dynamic calls.
 //! - [`proxy`]: the request handler tying these together.
-//! - [`auth`]: access tokens (JWKS) and API keys.
 //! - [`upstream`]: upstream services and their call policy.
 //! - [`error`]: gRPC status → HTTP status and `google.rpc.Status` bodies.
 //! - [`openapi`]: the OpenAPI 3.1 document.
 //! - [`health`]: the aggregated `/health`.
 
-pub mod auth;
 pub mod codec;
 pub mod error;
 pub mod health;
@@ -29,6 +27,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use agora_kit::{
     config::{ConfigError, Env},
+    jwks::RemoteAuthenticator,
     shutdown::Shutdown,
 };
 use anyhow::Context as _;
@@ -49,7 +48,6 @@ use tower_http::{
 };
 
 use crate::{
-    auth::EdgeAuth,
     proxy::RouteLabel,
     routes::RouteTable,
     upstream::{Upstreams, UpstreamsConfig},
@@ -118,7 +116,7 @@ impl EdgeConfig {
 pub struct EdgeState {
     pub routes: Arc<RouteTable>,
     pub upstreams: Upstreams,
-    pub auth: Arc<EdgeAuth>,
+    pub auth: Arc<RemoteAuthenticator>,
     pub openapi: Arc<serde_json::Value>,
     pub body_limit: usize,
     pub shutdown: Shutdown,
@@ -160,7 +158,7 @@ impl EdgeComponent {
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         agora_kit::metrics::handle();
         let upstreams = Upstreams::connect(&self.config.upstreams)?;
-        let auth = EdgeAuth::new(
+        let auth = RemoteAuthenticator::new(
             upstreams.get("users").map(|u| u.channel.clone()),
             &self.config.jwt_issuer,
             &self.config.jwt_audience,

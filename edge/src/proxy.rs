@@ -37,6 +37,7 @@ pub struct RouteLabel(pub Arc<str>);
 const FORWARDED: &[&str] = &[
     "authorization",
     API_KEY_HEADER,
+    "idempotency-key",
     "x-request-id",
     "traceparent",
     "tracestate",
@@ -85,10 +86,11 @@ async fn call(
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
 
-    let caller = if route.access.public {
-        None
-    } else {
-        state.auth.authenticate(&parts.headers).await?
+    let caller = match state.auth.authenticate(&parts.headers).await {
+        Ok(caller) => caller,
+        // Public routes serve anonymous callers even with stale credentials.
+        Err(_) if route.access.public => None,
+        Err(e) => return Err(e.into()),
     };
     authorize(&route.access, caller.as_ref()).map_err(ApiError::from)?;
 

@@ -54,10 +54,16 @@ pub struct UpstreamsConfig(pub HashMap<String, UpstreamPolicy>);
 impl Default for UpstreamsConfig {
     fn default() -> Self {
         // Only services that exist get a default entry.
-        Self(HashMap::from([(
-            "users".to_owned(),
-            UpstreamPolicy::new("http://127.0.0.1:3001", 5, 3, 5, 30),
-        )]))
+        Self(HashMap::from([
+            (
+                "users".to_owned(),
+                UpstreamPolicy::new("http://127.0.0.1:3001", 5, 3, 5, 30),
+            ),
+            (
+                "catalog".to_owned(),
+                UpstreamPolicy::new("http://127.0.0.1:3002", 5, 3, 5, 30),
+            ),
+        ]))
     }
 }
 

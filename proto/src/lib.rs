@@ -12,6 +12,12 @@ pub mod api {
     }
 }
 
+pub mod catalog {
+    pub mod v1 {
+        tonic::include_proto!("agora.catalog.v1");
+    }
+}
+
 pub mod users {
     pub mod v1 {
         tonic::include_proto!("agora.users.v1");

@@ -56,6 +56,11 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
     config.admin.addr = "127.0.0.1:0".parse().expect("addr");
     config.users.addr = "127.0.0.1:0".parse().expect("addr");
     config.edge.addr = "127.0.0.1:0".parse().expect("addr");
+    config.catalog.addr = "127.0.0.1:0".parse().expect("addr");
+    config.catalog.cache_key_prefix = format!("{db_name}:");
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        config.catalog.redis_url = url;
+    }
     config.users.private_key = Some(signing_pem.clone());
     config.database.url = url;
     config.database.max_connections = 5;

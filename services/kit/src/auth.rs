@@ -222,7 +222,8 @@ pub trait Authenticator: Send + Sync + 'static {
 
 /// Authenticates and authorizes each call against the contracts' access
 /// policy before it reaches a handler, which finds the [`Caller`] in the
-/// request extensions.
+/// request extensions. Public methods get a caller too when the request
+/// carries valid credentials (to personalise), and none otherwise.
 #[derive(Clone)]
 pub struct AuthLayer {
     policy: AccessPolicy,
@@ -276,11 +277,12 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Box::pin(async move {
-            if let Some(access) = layer.policy.get(req.uri().path())
-                && !access.public
-            {
+            if let Some(access) = layer.policy.get(req.uri().path()) {
                 let caller = match layer.authenticator.authenticate(req.headers()).await {
                     Ok(caller) => caller,
+                    // Public methods serve anonymous callers; a stale token
+                    // sent along (say, to refresh) must not block them.
+                    Err(_) if access.public => None,
                     Err(status) => return Ok(status.into_http()),
                 };
                 if let Err(status) = authorize(access, caller.as_ref()) {

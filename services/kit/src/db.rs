@@ -119,7 +119,8 @@ pub async fn connect(config: &DatabaseConfig, schema: &str) -> anyhow::Result<Pg
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
-        .connect_with(base.options([("search_path", schema)]))
+        // `public` stays reachable for extensions installed there by others.
+        .connect_with(base.options([("search_path", format!("{schema},public"))]))
         .await
         .context("Failed to connect to PostgreSQL")
 }

@@ -12,6 +12,9 @@
 //! - [`shutdown`]: the drain/grace-period shutdown sequence.
 //! - [`access`]: the per-method access policy read from the contracts.
 //! - [`auth`]: access-token claims and the metadata that carries a caller.
+//! - [`jwks`]: authentication against the users service (JWKS, API keys)
+//!   for components that do not own credentials.
+//! - [`outbox`]: appending events in the transaction of their change.
 //! - [`db`]: PostgreSQL pools, one schema per service.
 
 pub mod access;
@@ -20,6 +23,8 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod grpc;
+pub mod jwks;
 pub mod metrics;
+pub mod outbox;
 pub mod shutdown;
 pub mod telemetry;

@@ -198,7 +198,7 @@ pub async fn create_admin(
             true,
         )
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        .map_err(anyhow::Error::new)
 }
 
 // === impl UsersAuthenticator ===

@@ -554,15 +554,5 @@ async fn outbox(
     aggregate: Uuid,
     payload: serde_json::Value,
 ) -> Result<Uuid, UsersError> {
-    let id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO outbox (id, event_type, aggregate_id, payload) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(id)
-    .bind(event_type)
-    .bind(aggregate.to_string())
-    .bind(payload)
-    .execute(&mut **tx)
-    .await?;
-    Ok(id)
+    Ok(agora_kit::outbox::append(tx, event_type, &aggregate.to_string(), payload).await?)
 }

@@ -1,28 +1,30 @@
-//! Caller authentication at the edge: access tokens verified locally against
-//! the users service's JWKS (cached; refetched when a token names an unknown
-//! key), and API keys resolved by the users service.
+//! Caller authentication for every component except the users service
+//! itself: access tokens verified locally against the users service's JWKS
+//! (cached; refetched when a token names an unknown key), and API keys
+//! resolved by the users service.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use agora_kit::auth::{Caller, Credential, Presented, TokenError, VerifyingKeys};
+use crate::auth::{
+    AccessClaims, Authenticator, Caller, Credential, Presented, TokenError, VerifyingKeys,
+};
 use agora_proto::users::v1::{
     AuthenticateApiKeyRequest, GetJwksRequest, users_service_client::UsersServiceClient,
 };
+use futures::future::BoxFuture;
 use http::HeaderMap;
 use jsonwebtoken::{DecodingKey, jwk::Jwk};
 use tokio::sync::{Mutex, RwLock};
-use tonic::{Code, transport::Channel};
-
-use crate::error::ApiError;
+use tonic::{Status, transport::Channel};
 
 /// A refetch on an unknown key id happens at most this often, so garbage
 /// tokens cannot make the edge hammer the users service.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
-pub struct EdgeAuth {
+pub struct RemoteAuthenticator {
     users: Option<UsersServiceClient<Channel>>,
     keys: RwLock<VerifyingKeys>,
     last_fetch: Mutex<Option<Instant>>,
@@ -30,7 +32,7 @@ pub struct EdgeAuth {
     audience: String,
 }
 
-impl EdgeAuth {
+impl RemoteAuthenticator {
     pub fn new(users: Option<Channel>, issuer: &str, audience: &str) -> Arc<Self> {
         Arc::new(Self {
             users: users.map(UsersServiceClient::new),
@@ -42,20 +44,19 @@ impl EdgeAuth {
     }
 
     /// The verified caller, `None` without credentials, or 401.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, ApiError> {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Caller>, Status> {
         match Presented::from_headers(headers)? {
             None => Ok(None),
             Some(Presented::AccessToken(token)) => {
                 let claims = self
                     .verify(token)
                     .await
-                    .map_err(|e| ApiError::new(Code::Unauthenticated, e.to_string()))?;
+                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
                 Ok(Some(claims.into()))
             }
             Some(Presented::ApiKey(secret)) => {
                 let Some(users) = self.users.clone() else {
-                    return Err(ApiError::new(
-                        Code::Unavailable,
+                    return Err(Status::unavailable(
                         "API keys cannot be checked: no users service configured",
                     ));
                 };
@@ -78,7 +79,7 @@ impl EdgeAuth {
         }
     }
 
-    async fn verify(&self, token: &str) -> Result<agora_kit::auth::AccessClaims, TokenError> {
+    async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let kid = VerifyingKeys::kid_of(token)?.ok_or(TokenError::UnknownKey)?;
         if !self.keys.read().await.contains(&kid) {
             self.refresh().await;
@@ -119,5 +120,14 @@ impl EdgeAuth {
             }
         }
         *self.keys.write().await = keys;
+    }
+}
+
+impl Authenticator for RemoteAuthenticator {
+    fn authenticate<'a>(
+        &'a self,
+        headers: &'a http::HeaderMap,
+    ) -> BoxFuture<'a, Result<Option<Caller>, Status>> {
+        Box::pin(RemoteAuthenticator::authenticate(self, headers))
     }
 }

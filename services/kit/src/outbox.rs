@@ -1,0 +1,27 @@
+//! The transactional outbox: a service appends an event in the same
+//! transaction as the change it describes, so no committed change loses its
+//! event; a relay publishes the rows later. Each service has its own
+//! `outbox` table (in its schema) with the columns written here.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Appends an event inside the caller's transaction; returns its id.
+pub async fn append(
+    conn: &mut PgConnection,
+    event_type: &str,
+    aggregate_id: &str,
+    payload: serde_json::Value,
+) -> sqlx::Result<Uuid> {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO outbox (id, event_type, aggregate_id, payload) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id)
+    .bind(event_type)
+    .bind(aggregate_id)
+    .bind(payload)
+    .execute(conn)
+    .await?;
+    Ok(id)
+}
