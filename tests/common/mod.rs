@@ -21,6 +21,7 @@ pub const PASSWORD: &str = "correct horse battery";
 pub struct TestMesh {
     pub edge: String,
     pub users_addr: SocketAddr,
+    pub catalog_addr: SocketAddr,
     pub admin: String,
     pub database: DatabaseConfig,
     pub db_name: String,
@@ -74,6 +75,7 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
         .expect("mesh builds");
     let edge = format!("http://{}", app.addr(Target::Edge).expect("edge addr"));
     let users_addr = app.addr(Target::Users).expect("users addr");
+    let catalog_addr = app.addr(Target::Catalog).expect("catalog addr");
     let admin = format!("http://{}", app.admin_addr().expect("admin addr"));
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async move {
@@ -82,6 +84,7 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
     TestMesh {
         edge,
         users_addr,
+        catalog_addr,
         admin,
         database,
         db_name,

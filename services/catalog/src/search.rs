@@ -119,35 +119,59 @@ impl Store {
             .collect())
     }
 
+    /// One page of live products matching `q`.
+    ///
+    /// Relevance is tiered: 1 plus one for each query word (or its
+    /// correction) found in the name, so a name match outranks a
+    /// description match; ties go to the newest product. Unlike `ts_rank`
+    /// this costs one cheap test per matching row, which keeps common words
+    /// fast on large catalogs, and it is exact, so keyset pages stay stable.
+    /// Matching and ordering run on `products` alone; stock is joined for
+    /// the page only.
     pub async fn search(&self, q: &Query) -> Result<Vec<(ProductRow, f64)>, CatalogError> {
-        let tsquery = if q.words.is_empty() {
-            None
+        let groups = if q.words.is_empty() {
+            Vec::new()
         } else {
-            let alts = self.corrected(&q.words).await?;
-            Some(
-                alts.iter()
-                    .map(|a| format!("({})", a.join(" | ")))
-                    .collect::<Vec<_>>()
-                    .join(" & "),
-            )
+            self.corrected(&q.words).await?
         };
-        let raw_text = q.words.join(" ");
+        let tsquery = (!groups.is_empty()).then(|| {
+            groups
+                .iter()
+                .map(|a| format!("({})", a.join(" | ")))
+                .collect::<Vec<_>>()
+                .join(" & ")
+        });
+        let name_groups: Vec<String> = groups
+            .iter()
+            .map(|a| {
+                format!(
+                    "({})",
+                    a.iter()
+                        .map(|w| format!("{w}:A"))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                )
+            })
+            .collect();
+        let rank_expr = |b: &mut QueryBuilder<Postgres>| {
+            b.push("(1");
+            for g in &name_groups {
+                b.push(" + CASE WHEN p.search @@ to_tsquery('simple', ")
+                    .push_bind(g.clone())
+                    .push(") THEN 1 ELSE 0 END");
+            }
+            b.push(")::float8");
+        };
 
         let mut b: QueryBuilder<Postgres> = QueryBuilder::new("SELECT ");
-        b.push(product_columns!()).push(", ");
-        match &tsquery {
-            Some(tsq) => {
-                b.push("(ts_rank(p.search, to_tsquery('simple', ")
-                    .push_bind(tsq.clone())
-                    .push(")) + similarity(lower(p.name), ")
-                    .push_bind(raw_text.clone())
-                    .push("))::float8 AS rank");
-            }
-            None => {
-                b.push("0::float8 AS rank");
-            }
+        b.push(product_columns!())
+            .push(", r.rank FROM (SELECT p.id, ");
+        rank_expr(&mut b);
+        b.push(" AS rank FROM products p");
+        if q.in_stock {
+            b.push(" JOIN stock s ON s.product_id = p.id AND s.on_hand - s.reserved > 0");
         }
-        b.push(product_from!()).push("WHERE p.deleted_at IS NULL");
+        b.push(" WHERE p.deleted_at IS NULL");
         if let Some(tsq) = &tsquery {
             b.push(" AND p.search @@ to_tsquery('simple', ")
                 .push_bind(tsq.clone())
@@ -155,14 +179,11 @@ impl Store {
         }
         if let Some(cat) = &q.category {
             // The category and all its descendants, by id or slug.
-            b.push(
-                " AND p.category_id IN (WITH RECURSIVE sub AS (
-                     SELECT id FROM categories WHERE id::text = ",
-            )
-            .push_bind(cat.clone())
-            .push(" OR slug = ")
-            .push_bind(cat.clone())
-            .push(" UNION ALL SELECT c.id FROM categories c JOIN sub ON c.parent_id = sub.id) SELECT id FROM sub)");
+            b.push(" AND p.category_id IN (WITH RECURSIVE sub AS (SELECT id FROM categories WHERE id::text = ")
+                .push_bind(cat.clone())
+                .push(" OR slug = ")
+                .push_bind(cat.clone())
+                .push(" UNION ALL SELECT c.id FROM categories c JOIN sub ON c.parent_id = sub.id) SELECT id FROM sub)");
         }
         if let Some(min) = q.min_price {
             b.push(" AND p.price_minor >= ").push_bind(min);
@@ -170,20 +191,6 @@ impl Store {
         if let Some(max) = q.max_price {
             b.push(" AND p.price_minor <= ").push_bind(max);
         }
-        if q.in_stock {
-            b.push(" AND s.on_hand - s.reserved > 0");
-        }
-        let rank_expr = |b: &mut QueryBuilder<Postgres>| {
-            if let Some(tsq) = &tsquery {
-                b.push("(ts_rank(p.search, to_tsquery('simple', ")
-                    .push_bind(tsq.clone())
-                    .push(")) + similarity(lower(p.name), ")
-                    .push_bind(raw_text.clone())
-                    .push("))::float8");
-            } else {
-                b.push("0::float8");
-            }
-        };
         if let Some(c) = &q.after {
             b.push(" AND (");
             match q.order {
@@ -220,13 +227,18 @@ impl Store {
                 }
             }
         }
-        b.push(match q.order {
+        let order = match q.order {
             Order::Relevance => " ORDER BY rank DESC, p.id DESC",
             Order::PriceAsc => " ORDER BY p.price_minor, p.id",
             Order::PriceDesc => " ORDER BY p.price_minor DESC, p.id DESC",
             Order::Newest => " ORDER BY p.created_at DESC, p.id DESC",
+        };
+        b.push(order).push(" LIMIT ").push_bind(q.page_size + 1);
+        b.push(") r JOIN products p ON p.id = r.id LEFT JOIN stock s ON s.product_id = p.id");
+        b.push(match q.order {
+            Order::Relevance => " ORDER BY r.rank DESC, p.id DESC",
+            _ => order,
         });
-        b.push(" LIMIT ").push_bind(q.page_size + 1);
         let rows: Vec<Ranked> = b.build_query_as().fetch_all(self.pool()).await?;
         Ok(rows.into_iter().map(|r| (r.product, r.rank)).collect())
     }

@@ -1,0 +1,90 @@
+//! The catalog as internal gRPC callers use it: generated stubs, server
+//! reflection, health, and its own enforcement of the contracts' access
+//! rules.
+
+mod common;
+
+use agora_proto::catalog::v1::{
+    CreateCategoryRequest, ListProductsRequest, catalog_service_client::CatalogServiceClient,
+};
+use common::spawn_mesh;
+use tokio_stream::StreamExt as _;
+use tonic::{Code, Request, metadata::MetadataValue, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+#[tokio::test]
+async fn the_catalog_serves_stubs_reflection_and_health_and_checks_roles_itself() {
+    let mesh = spawn_mesh().await;
+    let addr = mesh.catalog_addr;
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+
+    let mut client = CatalogServiceClient::new(channel.clone());
+    let listed = client
+        .list_products(ListProductsRequest::default())
+        .await
+        .expect("public listing")
+        .into_inner();
+    assert!(listed.products.is_empty());
+
+    let category = CreateCategoryRequest {
+        category: Some(Default::default()),
+    };
+    let err = client
+        .create_category(category.clone())
+        .await
+        .expect_err("anonymous");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let (_, customer) = mesh.customer("grpc-cu@example.com").await;
+    let mut req = Request::new(category);
+    req.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {customer}")).expect("ascii"),
+    );
+    let err = client.create_category(req).await.expect_err("customer");
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    let mut reflection = ServerReflectionClient::new(channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) = stream
+        .next()
+        .await
+        .expect("reply")
+        .expect("ok")
+        .message_response
+    else {
+        panic!("unexpected reflection reply")
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "agora.catalog.v1.CatalogService")
+    );
+
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "agora.catalog.v1.CatalogService".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(status.status(), ServingStatus::Serving);
+    mesh.stop().await;
+}
