@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     error::CatalogError,
-    store::{ProductRow, Store, product_columns, product_from},
+    store::{ProductRow, Store, product_columns},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
