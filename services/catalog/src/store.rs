@@ -76,7 +76,7 @@ macro_rules! product_from {
         " FROM products p LEFT JOIN stock s ON s.product_id = p.id "
     };
 }
-pub(crate) use {product_columns, product_from};
+pub(crate) use product_columns;
 
 const UNIQUE_VIOLATION: &str = "23505";
 const FOREIGN_KEY_VIOLATION: &str = "23503";
