@@ -251,6 +251,19 @@ async fn updates_need_the_current_etag_and_are_never_read_stale() {
         "deleted, and not served from cache"
     );
     product(&mesh, &staff, "lamp-2", "Reused SKU", &cat, 100, 0).await;
+
+    // Each change left its event in the outbox, in order, with the new state.
+    let mut conn = db(&mesh).await;
+    let events: Vec<(String, Value)> =
+        sqlx::query_as("SELECT event_type, payload FROM catalog.outbox WHERE aggregate_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(&mut conn)
+            .await
+            .expect("outbox");
+    let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, vec!["catalog.product_created", "catalog.product_updated", "catalog.product_updated", "catalog.product_deleted"]);
+    assert_eq!(events[1].1["name"], "Tall floor lamp");
+    assert_eq!(events[2].1["price"]["amountMinor"], "8900");
     mesh.stop().await;
 }
 
@@ -496,6 +509,16 @@ async fn stock_adjustments_are_recorded_and_never_go_below_what_is_reserved() {
     .await
     .expect("movements");
     assert_eq!(reasons, vec!["initial stock", "restock", "reserved"]);
+    let changed: Vec<Value> = sqlx::query_scalar(
+        "SELECT payload FROM catalog.outbox WHERE event_type = 'catalog.stock_changed' AND aggregate_id = $1",
+    )
+    .bind(id)
+    .fetch_all(&mut conn)
+    .await
+    .expect("outbox");
+    assert_eq!(changed.len(), 1, "the refused adjustment wrote nothing");
+    assert_eq!(changed[0]["delta"], 10);
+    assert_eq!(changed[0]["reason"], "restock");
     mesh.stop().await;
 }
 

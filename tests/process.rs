@@ -185,3 +185,22 @@ async fn on_stop_the_process_reports_not_serving_before_it_closes() {
     }
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn seeding_fills_the_catalog_that_the_edge_then_serves() {
+    let mesh = spawn_mesh().await;
+    let out = agora()
+        .args(["seed", "catalog", "--products", "250"])
+        .env("DATABASE_URL", &mesh.database.url)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("added 250 products"));
+    let page = mesh.get("/api/v1/products?pageSize=100", None).await;
+    assert_eq!(page.body["products"].as_array().map(Vec::len), Some(100));
+    assert!(!page.body["nextPageToken"].as_str().unwrap_or("").is_empty());
+    let lamps = mesh.get("/api/v1/products?q=lamp&category=lighting", None).await;
+    assert_eq!(lamps.status, StatusCode::OK);
+    assert!(lamps.body["products"].as_array().is_some_and(|p| !p.is_empty()), "{:?}", lamps.body);
+    mesh.stop().await;
+}
