@@ -254,14 +254,23 @@ async fn updates_need_the_current_etag_and_are_never_read_stale() {
 
     // Each change left its event in the outbox, in order, with the new state.
     let mut conn = db(&mesh).await;
-    let events: Vec<(String, Value)> =
-        sqlx::query_as("SELECT event_type, payload FROM catalog.outbox WHERE aggregate_id = $1 ORDER BY id")
-            .bind(id)
-            .fetch_all(&mut conn)
-            .await
-            .expect("outbox");
+    let events: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT event_type, payload FROM catalog.outbox WHERE aggregate_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&mut conn)
+    .await
+    .expect("outbox");
     let types: Vec<&str> = events.iter().map(|(t, _)| t.as_str()).collect();
-    assert_eq!(types, vec!["catalog.product_created", "catalog.product_updated", "catalog.product_updated", "catalog.product_deleted"]);
+    assert_eq!(
+        types,
+        vec![
+            "catalog.product_created",
+            "catalog.product_updated",
+            "catalog.product_updated",
+            "catalog.product_deleted"
+        ]
+    );
     assert_eq!(events[1].1["name"], "Tall floor lamp");
     assert_eq!(events[2].1["price"]["amountMinor"], "8900");
     mesh.stop().await;

@@ -194,13 +194,25 @@ async fn seeding_fills_the_catalog_that_the_edge_then_serves() {
         .env("DATABASE_URL", &mesh.database.url)
         .output()
         .expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("added 250 products"));
     let page = mesh.get("/api/v1/products?pageSize=100", None).await;
     assert_eq!(page.body["products"].as_array().map(Vec::len), Some(100));
     assert!(!page.body["nextPageToken"].as_str().unwrap_or("").is_empty());
-    let lamps = mesh.get("/api/v1/products?q=lamp&category=lighting", None).await;
+    let lamps = mesh
+        .get("/api/v1/products?q=lamp&category=lighting", None)
+        .await;
     assert_eq!(lamps.status, StatusCode::OK);
-    assert!(lamps.body["products"].as_array().is_some_and(|p| !p.is_empty()), "{:?}", lamps.body);
+    assert!(
+        lamps.body["products"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty()),
+        "{:?}",
+        lamps.body
+    );
     mesh.stop().await;
 }

@@ -138,6 +138,18 @@ async fn unknown_routes_wrong_methods_and_malformed_json_answer_in_the_status_sh
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.message().contains("pasword"), "{:?}", r.body);
+
+    let huge = format!("{{\"email\": \"{}\"}}", "a".repeat(2 << 20));
+    let r = mesh
+        .send(
+            mesh.http
+                .post(mesh.url("/api/v1/auth/login"))
+                .header("content-type", "application/json")
+                .body(huge),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.message().contains("larger than"), "{:?}", r.body);
     mesh.stop().await;
 }
 

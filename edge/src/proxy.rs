@@ -94,14 +94,18 @@ async fn call(
     };
     authorize(&route.access, caller.as_ref()).map_err(ApiError::from)?;
 
-    let body = axum::body::to_bytes(body, state.body_limit)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                Code::InvalidArgument,
-                format!("the request body is larger than {} bytes", state.body_limit),
-            )
-        })?;
+    let body = match axum::body::to_bytes(body, state.body_limit).await {
+        Ok(body) => body,
+        Err(_) => {
+            let mut resp = ApiError::bad_request(format!(
+                "the request body is larger than {} bytes",
+                state.body_limit
+            ))
+            .into_response();
+            *resp.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return Ok(resp);
+        }
+    };
     if !body.is_empty() && !is_json(&parts.headers) {
         return Err(ApiError::bad_request(
             "the request body must be JSON (content-type: application/json)",

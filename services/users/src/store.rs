@@ -515,9 +515,16 @@ impl Store {
         &self,
         hash: &[u8],
     ) -> Result<Option<(ApiKeyRow, UserRow)>, UsersError> {
-        let key: Option<ApiKeyRow> = sqlx::query_as(concat!("UPDATE api_keys SET last_used_at = now()
-             WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-             RETURNING ", key_columns!()))
+        // `last_used_at` is refreshed at most once a minute, so busy keys
+        // do not turn every authenticated read into a write.
+        let key: Option<ApiKeyRow> = sqlx::query_as(concat!(
+            "WITH live AS (SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())),
+             touched AS (UPDATE api_keys SET last_used_at = now()
+                 WHERE id IN (SELECT id FROM live) AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute'))
+             SELECT * FROM live"
+        ))
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
