@@ -245,29 +245,55 @@ async fn openapi_json(State(state): State<EdgeState>) -> Json<serde_json::Value>
 
 /// `http_request_duration_seconds`, `http_requests_total` and
 /// `active_connections_total` (requests in flight), labelled by route
-/// template so unknown paths cannot grow the label set.
+/// template so unknown paths cannot grow the label set, plus one access
+/// log line per request.
 async fn record_metrics(req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_owned();
-    let fixed_route = match req.uri().path() {
-        p @ ("/health" | "/api/v1/openapi.json") => Some(p.to_owned()),
-        _ => None,
-    };
-    let in_flight = metrics::gauge!("active_connections_total");
-    in_flight.increment(1.0);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    // A guard, so a request whose client went away still leaves the gauge.
+    let _in_flight = InFlight::enter();
     let started = Instant::now();
     let resp = next.run(req).await;
-    in_flight.decrement(1.0);
-    let route = fixed_route
-        .or_else(|| {
-            resp.extensions()
-                .get::<RouteLabel>()
-                .map(|r| r.0.to_string())
-        })
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let status = resp.status().as_u16().to_string();
+    let elapsed = started.elapsed();
+    let route = match path.as_str() {
+        "/health" | "/api/v1/openapi.json" => path.clone(),
+        _ => resp
+            .extensions()
+            .get::<RouteLabel>()
+            .map_or_else(|| "unmatched".to_owned(), |r| r.0.to_string()),
+    };
+    let status = resp.status().as_u16();
+    tracing::info!(
+        target: "agora_edge::access",
+        %method, %path, %route, status, latency_ms = elapsed.as_secs_f64() * 1e3, request_id,
+        "request"
+    );
+    let (method, status) = (method.as_str().to_owned(), status.to_string());
     metrics::histogram!("http_request_duration_seconds",
         "method" => method.clone(), "route" => route.clone(), "status_code" => status.clone())
-    .record(started.elapsed().as_secs_f64());
+    .record(elapsed.as_secs_f64());
     metrics::counter!("http_requests_total", "method" => method, "route" => route, "status_code" => status).increment(1);
     resp
+}
+
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter() -> Self {
+        let gauge = metrics::gauge!("active_connections_total");
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }

@@ -595,7 +595,7 @@ impl UsersApi for UsersService {
 
     async fn get_jwks(&self, _req: Request<pb::GetJwksRequest>) -> Answer<pb::GetJwksResponse> {
         Ok(Response::new(pb::GetJwksResponse {
-            keys: vec![self.keys.jwk().clone()],
+            keys: self.keys.jwks().to_vec(),
         }))
     }
 

@@ -27,9 +27,16 @@ pub enum KeySource {
 pub struct SigningKey {
     kid: String,
     encoding: EncodingKey,
-    jwk: Jwk,
+    /// The signing key's public half first, then retired keys.
+    jwks: Vec<Jwk>,
     verifying: VerifyingKeys,
 }
+
+/// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32-byte
+/// key follows it.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 impl SigningKey {
     pub fn load(source: &KeySource, issuer: &str, audience: &str) -> anyhow::Result<Self> {
@@ -62,27 +69,39 @@ impl SigningKey {
         };
         let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
             .map_err(|e| anyhow::anyhow!("the signing key is not usable Ed25519: {e}"))?;
-        let public = pair.public_key().as_ref().to_vec();
-        // The key id is a digest of the public key, so every replica holding
-        // the same key names it the same way.
-        let kid = URL_SAFE_NO_PAD.encode(&Sha256::digest(&public)[..12]);
-        let x = URL_SAFE_NO_PAD.encode(&public);
         let mut verifying = VerifyingKeys::new(issuer, audience);
-        verifying.insert(kid.clone(), DecodingKey::from_ed_der(&public));
-        let jwk = Jwk {
-            kty: "OKP".into(),
-            crv: "Ed25519".into(),
-            x,
-            kid: kid.clone(),
-            alg: "EdDSA".into(),
-            r#use: "sig".into(),
-        };
+        let jwk = publish(pair.public_key().as_ref(), &mut verifying);
         Ok(Self {
-            kid,
+            kid: jwk.kid.clone(),
             encoding: EncodingKey::from_ed_der(&pkcs8),
-            jwk,
+            jwks: vec![jwk],
             verifying,
         })
+    }
+
+    /// Keeps accepting and publishing retired keys, given as PEM
+    /// `PUBLIC KEY` blocks, so tokens signed before a key rotation stay
+    /// valid until they expire.
+    pub fn with_retired(mut self, pem_text: &str) -> anyhow::Result<Self> {
+        let blocks = pem::parse_many(pem_text)?;
+        anyhow::ensure!(!blocks.is_empty(), "no PEM PUBLIC KEY blocks found");
+        for block in blocks {
+            anyhow::ensure!(
+                block.tag() == "PUBLIC KEY",
+                "expected PUBLIC KEY blocks, found {}",
+                block.tag()
+            );
+            let der = block.contents();
+            let raw = der
+                .strip_prefix(&ED25519_SPKI_PREFIX)
+                .filter(|k| k.len() == 32)
+                .ok_or_else(|| anyhow::anyhow!("a PUBLIC KEY block is not an Ed25519 key"))?;
+            let jwk = publish(raw, &mut self.verifying);
+            if self.jwks.iter().all(|k| k.kid != jwk.kid) {
+                self.jwks.push(jwk);
+            }
+        }
+        Ok(self)
     }
 
     pub fn sign(&self, claims: &AccessClaims) -> anyhow::Result<String> {
@@ -91,12 +110,33 @@ impl SigningKey {
         jsonwebtoken::encode(&header, claims, &self.encoding).context("cannot sign an access token")
     }
 
+    /// The signing key's JWK.
     pub fn jwk(&self) -> &Jwk {
-        &self.jwk
+        &self.jwks[0]
+    }
+
+    /// Every key that verifies tokens: the signing key, then retired keys.
+    pub fn jwks(&self) -> &[Jwk] {
+        &self.jwks
     }
 
     pub fn verifying(&self) -> &VerifyingKeys {
         &self.verifying
+    }
+}
+
+/// Makes a public key verify tokens and returns its JWK. The key id is a
+/// digest of the key, so every replica names the same key the same way.
+fn publish(public: &[u8], verifying: &mut VerifyingKeys) -> Jwk {
+    let kid = URL_SAFE_NO_PAD.encode(&Sha256::digest(public)[..12]);
+    verifying.insert(kid.clone(), DecodingKey::from_ed_der(public));
+    Jwk {
+        kty: "OKP".into(),
+        crv: "Ed25519".into(),
+        x: URL_SAFE_NO_PAD.encode(public),
+        kid,
+        alg: "EdDSA".into(),
+        r#use: "sig".into(),
     }
 }
 
@@ -140,6 +180,30 @@ mod tests {
         );
         let expired = key.sign(&claims(-60)).expect("sign");
         assert_eq!(key.verifying().verify(&expired), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn retired_keys_still_verify_and_are_published() {
+        let old = SigningKey::load(&KeySource::Generated, "agora", "agora").expect("key");
+        let token = old.sign(&claims(60)).expect("sign");
+        let raw = URL_SAFE_NO_PAD.decode(&old.jwk().x).expect("x");
+        let spki = [ED25519_SPKI_PREFIX.as_slice(), raw.as_slice()].concat();
+        let pem = pem::encode(&pem::Pem::new("PUBLIC KEY", spki));
+        let new = SigningKey::load(&KeySource::Generated, "agora", "agora").expect("key");
+        assert_eq!(new.verifying().verify(&token), Err(TokenError::UnknownKey));
+        let new = new.with_retired(&pem).expect("retired key");
+        assert_eq!(
+            new.verifying().verify(&token).expect("still valid").sub,
+            "u1"
+        );
+        assert_eq!(new.jwks().len(), 2);
+        assert_eq!(new.jwks()[1].kid, old.jwk().kid);
+        assert!(
+            SigningKey::load(&KeySource::Generated, "agora", "agora")
+                .expect("key")
+                .with_retired("junk")
+                .is_err()
+        );
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub struct UsersConfig {
     /// A file holding that PEM (`AGORA_JWT_PRIVATE_KEY_FILE`). Without
     /// either, a key is generated at start (development only).
     pub private_key_file: Option<PathBuf>,
+    /// Retired public keys still accepted and published in the JWKS, as a
+    /// file of PEM `PUBLIC KEY` blocks (`AGORA_JWT_RETIRED_KEYS_FILE`); keep
+    /// a rotated-out key here until its last token has expired.
+    pub retired_keys_file: Option<PathBuf>,
     /// Access token lifetime in seconds (`AGORA_ACCESS_TOKEN_TTL_SECS`, default 900).
     #[serde(with = "agora_kit::config::secs")]
     pub access_token_ttl: Duration,
@@ -87,6 +91,7 @@ impl Default for UsersConfig {
             audience: "agora".into(),
             private_key: None,
             private_key_file: None,
+            retired_keys_file: None,
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
             verification_token_ttl: Duration::from_secs(24 * 3600),
@@ -105,6 +110,9 @@ impl UsersConfig {
         }
         if let Some(path) = env.get("AGORA_JWT_PRIVATE_KEY_FILE") {
             self.private_key_file = Some(path.into());
+        }
+        if let Some(path) = env.get("AGORA_JWT_RETIRED_KEYS_FILE") {
+            self.retired_keys_file = Some(path.into());
         }
         env.secs_into("AGORA_ACCESS_TOKEN_TTL_SECS", &mut self.access_token_ttl)?;
         env.secs_into("AGORA_REFRESH_TOKEN_TTL_SECS", &mut self.refresh_token_ttl)?;
@@ -255,11 +263,19 @@ impl UsersComponent {
     /// Connects the database, loads the signing key and binds the listener.
     pub async fn build(config: UsersConfig, db: &DatabaseConfig) -> anyhow::Result<Self> {
         config.validate()?;
-        let keys = Arc::new(SigningKey::load(
-            &config.key_source(),
-            &config.issuer,
-            &config.audience,
-        )?);
+        let mut keys = SigningKey::load(&config.key_source(), &config.issuer, &config.audience)?;
+        if let Some(path) = &config.retired_keys_file {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "AGORA_JWT_RETIRED_KEYS_FILE: cannot read {}",
+                    path.display()
+                )
+            })?;
+            keys = keys
+                .with_retired(&text)
+                .with_context(|| format!("AGORA_JWT_RETIRED_KEYS_FILE: {}", path.display()))?;
+        }
+        let keys = Arc::new(keys);
         let store = connect(db).await?;
         let listener = TcpListener::bind(config.addr)
             .await
