@@ -8,14 +8,9 @@ use agora_proto::catalog::v1::{
     CreateCategoryRequest, ListProductsRequest, catalog_service_client::CatalogServiceClient,
 };
 use common::spawn_mesh;
-use tokio_stream::StreamExt as _;
 use tonic::{Code, Request, metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
-use tonic_reflection::pb::v1::{
-    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
 #[tokio::test]
@@ -53,29 +48,10 @@ async fn the_catalog_serves_stubs_reflection_and_health_and_checks_roles_itself(
     let err = client.create_category(req).await.expect_err("customer");
     assert_eq!(err.code(), Code::PermissionDenied);
 
-    let mut reflection = ServerReflectionClient::new(channel.clone());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = stream
-        .next()
-        .await
-        .expect("reply")
-        .expect("ok")
-        .message_response
-    else {
-        panic!("unexpected reflection reply")
-    };
+    let names = common::reflected_services(channel.clone()).await;
     assert!(
-        list.service
-            .iter()
-            .any(|s| s.name == "agora.catalog.v1.CatalogService")
+        names.iter().any(|s| s == "agora.catalog.v1.CatalogService"),
+        "{names:?}"
     );
 
     let status = HealthClient::new(channel)

@@ -9,14 +9,9 @@ use agora_proto::users::v1::{
     users_service_client::UsersServiceClient,
 };
 use common::{PASSWORD, spawn_mesh};
-use tokio_stream::StreamExt as _;
 use tonic::{Code, Request, metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
-use tonic_reflection::pb::v1::{
-    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
 async fn channel(addr: std::net::SocketAddr) -> Channel {
@@ -109,21 +104,7 @@ async fn reflection_lists_the_services_and_health_reports_serving() {
     let mesh = spawn_mesh().await;
     let ch = channel(mesh.users_addr).await;
 
-    let mut reflection = ServerReflectionClient::new(ch.clone());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let reply = stream.next().await.expect("one reply").expect("ok");
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("unexpected reply")
-    };
-    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    let names = common::reflected_services(ch.clone()).await;
     assert!(
         names.contains(&"agora.users.v1.UsersService".to_owned()),
         "{names:?}"

@@ -253,3 +253,27 @@ impl TestMesh {
         }
     }
 }
+
+/// The services a gRPC server lists through server reflection (v1), as
+/// `grpcurl list` shows them.
+pub async fn reflected_services(channel: tonic::transport::Channel) -> Vec<String> {
+    use tokio_stream::StreamExt as _;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let reply = stream.next().await.expect("one reply").expect("ok");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply")
+    };
+    list.service.into_iter().map(|s| s.name).collect()
+}

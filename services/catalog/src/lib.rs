@@ -138,17 +138,20 @@ impl CatalogConfig {
 
 /// Connects to PostgreSQL (schema `catalog`), migrating if configured.
 pub async fn connect(db: &DatabaseConfig) -> anyhow::Result<Store> {
-    let pool = agora_kit::db::connect(db, SCHEMA).await?;
-    if db.migrate_on_start {
-        agora_kit::db::migrate(&pool, &store::MIGRATOR).await?;
-    }
-    Ok(Store::new(pool))
+    Ok(Store::new(
+        agora_kit::db::open(db, SCHEMA, &store::MIGRATOR).await?,
+    ))
 }
 
 /// Runs this service's migrations and returns.
 pub async fn migrate(db: &DatabaseConfig) -> anyhow::Result<()> {
-    let pool = agora_kit::db::connect(db, SCHEMA).await?;
-    agora_kit::db::migrate(&pool, &store::MIGRATOR).await
+    let db = DatabaseConfig {
+        migrate_on_start: true,
+        ..db.clone()
+    };
+    agora_kit::db::open(&db, SCHEMA, &store::MIGRATOR)
+        .await
+        .map(drop)
 }
 
 /// The catalog service, built and bound, not yet serving.

@@ -125,6 +125,20 @@ pub async fn connect(config: &DatabaseConfig, schema: &str) -> anyhow::Result<Pg
         .context("Failed to connect to PostgreSQL")
 }
 
+/// A service's pool on its schema, with its migrations applied first when
+/// `migrate_on_start` is set.
+pub async fn open(
+    config: &DatabaseConfig,
+    schema: &str,
+    migrator: &Migrator,
+) -> anyhow::Result<PgPool> {
+    let pool = connect(config, schema).await?;
+    if config.migrate_on_start {
+        migrate(&pool, migrator).await?;
+    }
+    Ok(pool)
+}
+
 /// Applies `migrator` to the pool's schema.
 pub async fn migrate(pool: &PgPool, migrator: &Migrator) -> anyhow::Result<()> {
     migrator
