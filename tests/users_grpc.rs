@@ -106,6 +106,10 @@ async fn reflection_lists_the_services_and_health_reports_serving() {
 
     let names = common::reflected_services(ch.clone()).await;
     assert!(
+        !names.contains(&"agora.catalog.v1.CatalogService".to_owned()),
+        "only what this port serves is listed: {names:?}"
+    );
+    assert!(
         names.contains(&"agora.users.v1.UsersService".to_owned()),
         "{names:?}"
     );
