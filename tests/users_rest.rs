@@ -332,3 +332,25 @@ async fn browsers_from_allowed_origins_pass_cors_and_every_answer_has_a_request_
     );
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_call_past_its_deadline_answers_504() {
+    // Hashing a password takes far longer than a millisecond, so this
+    // deadline always passes first.
+    let mesh = common::spawn_mesh_with(|c| {
+        if let Some(users) = c.edge.upstreams.0.get_mut("users") {
+            users.timeout = std::time::Duration::from_millis(1);
+        }
+    })
+    .await;
+    let r = mesh
+        .post(
+            "/api/v1/users",
+            None,
+            json!({"email": "slow@example.com", "password": PASSWORD, "displayName": "Slow"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{:?}", r.body);
+    assert_eq!(r.body["code"], 4);
+    mesh.stop().await;
+}

@@ -131,16 +131,31 @@ async fn call(
 
     let mut client = tonic::client::Grpc::new(upstream.channel.clone());
     let started = Instant::now();
-    client.ready().await.map_err(|e| {
-        tracing::warn!(upstream = %upstream.name, error = %e, "upstream not ready");
-        ApiError::new(
-            Code::Unavailable,
-            "the service is unavailable; try again later",
-        )
-    })?;
-    let result = client
-        .unary(grpc_req, route.grpc_uri.clone(), RawCodec)
-        .await;
+    // The deadline travels as grpc-timeout and also holds here, should the
+    // service not answer at all (a black-holed connection).
+    let call = async {
+        client.ready().await.map_err(|e| {
+            tracing::warn!(upstream = %upstream.name, error = %e, "upstream not ready");
+            tonic::Status::unavailable("the service is unavailable; try again later")
+        })?;
+        client
+            .unary(grpc_req, route.grpc_uri.clone(), RawCodec)
+            .await
+    };
+    let result = match tokio::time::timeout(upstream.policy.timeout, call).await {
+        // tonic servers report an expired grpc-timeout as CANCELLED; past
+        // the deadline, clients should see DEADLINE_EXCEEDED (504).
+        Ok(Err(s))
+            if s.code() == Code::Cancelled && started.elapsed() >= upstream.policy.timeout =>
+        {
+            Err(None)
+        }
+        Ok(r) => r.map_err(Some),
+        Err(_) => Err(None),
+    }
+    .map_err(|s| {
+        s.unwrap_or_else(|| tonic::Status::deadline_exceeded("the service did not answer in time"))
+    });
     metrics::histogram!("upstream_request_duration_seconds", "upstream" => upstream.name.clone())
         .record(started.elapsed().as_secs_f64());
     let reply = result.map_err(ApiError::from)?.into_inner();
