@@ -100,8 +100,9 @@ fn main() -> ExitCode {
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve { target } => {
+            let stop = agora_kit::shutdown::signal().context("cannot listen for SIGTERM/SIGINT")?;
             let app = App::build(config, &target).await?;
-            app.run_until_stopped(agora_kit::shutdown::signal()).await
+            app.run_until_stopped(stop).await
         }
         Command::Migrate => {
             agora_users::migrate(&config.database).await?;

@@ -69,14 +69,27 @@ fn sigterm_stops_a_serving_process_cleanly() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("starts");
-    // Wait until it logs that it serves.
-    let mut stdout = child.stdout.take().expect("stdout");
+    // Wait until it logs that it serves, keeping every line for the end.
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
-        let mut buf = String::new();
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut buf);
-        buf
+        let mut log = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
     });
-    std::thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("agora is serving") => break,
+            Ok(_) => {}
+            Err(_) => panic!("the process never reported serving"),
+        }
+    }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
