@@ -47,6 +47,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_configuration_is_valid_and_matches_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("agora.example.toml");
+        let example = Config::load(Some(&path), &Env::default()).expect("the example parses");
+        let defaults = Config::load(Some(Path::new("/nonexistent/agora.toml")), &Env::default());
+        assert!(defaults.is_err(), "a named file must exist");
+        let defaults = Config::default();
+        assert_eq!(
+            toml::to_string(&example).expect("serializes"),
+            toml::to_string(&defaults).expect("serializes"),
+            "agora.example.toml documents the defaults"
+        );
+    }
+
+    #[test]
     fn environment_overrides_the_file_and_errors_name_the_setting() {
         let dir = std::env::temp_dir().join(format!("agora-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");

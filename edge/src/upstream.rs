@@ -3,7 +3,10 @@
 //! Channels connect lazily, so the edge starts (and reports the failure in
 //! `/health`) even when a service is not up yet.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use agora_kit::config::{ConfigError, Env};
 use serde::{Deserialize, Serialize};
@@ -49,12 +52,12 @@ impl Default for UpstreamPolicy {
 /// The upstreams by name (`users`, `catalog`, `chat`, `analytics`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct UpstreamsConfig(pub HashMap<String, UpstreamPolicy>);
+pub struct UpstreamsConfig(pub BTreeMap<String, UpstreamPolicy>);
 
 impl Default for UpstreamsConfig {
     fn default() -> Self {
         // Only services that exist get a default entry.
-        Self(HashMap::from([
+        Self(BTreeMap::from([
             (
                 "users".to_owned(),
                 UpstreamPolicy::new("http://127.0.0.1:3001", 5, 3, 5, 30),

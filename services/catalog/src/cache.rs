@@ -1,7 +1,9 @@
 //! Redis read-through cache of products (encoded protobuf, short TTL).
 //!
 //! Writes delete the entry after their transaction commits, so a read that
-//! follows a successful update never sees the old product. Redis is an
+//! follows a successful update never sees the old product. (A read that
+//! loaded the old row just before a concurrent write can still put it back
+//! after the delete; the TTL bounds how long such an entry lives.) Redis is an
 //! optimisation only: when it fails, reads go to PostgreSQL, a warning
 //! metric counts it, and the service keeps serving.
 
