@@ -511,3 +511,52 @@ async fn api_keys_show_their_secret_once_carry_permissions_and_can_be_revoked() 
     assert!(bad.message().contains("permissions"));
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn an_edge_that_cannot_reach_the_users_service_answers_503_not_401() {
+    use agora::{
+        app::{App, Target, Targets},
+        config::Config,
+    };
+    let mut config = Config::default();
+    config.admin.addr = "127.0.0.1:0".parse().expect("addr");
+    config.edge.addr = "127.0.0.1:0".parse().expect("addr");
+    for upstream in config.edge.upstreams.0.values_mut() {
+        upstream.url = "http://127.0.0.1:1".into();
+    }
+    config.shutdown.drain_delay = std::time::Duration::ZERO;
+    let app = App::build(config, &"edge".parse::<Targets>().expect("targets"))
+        .await
+        .expect("edge builds");
+    let edge = format!("http://{}", app.addr(Target::Edge).expect("addr"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+
+    let token = forge(
+        &new_signing_pem(),
+        "some-kid",
+        &claims("u1", &["customer"], 300),
+    );
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("{edge}/api/v1/users/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let r = http
+        .get(format!("{edge}/health"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["status"], "unhealthy");
+    assert!(body["services"][0]["error"].is_string());
+
+    let _ = tx.send(());
+    task.await.expect("task").expect("stops cleanly");
+}

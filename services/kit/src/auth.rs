@@ -116,6 +116,10 @@ impl VerifyingKeys {
         self.keys.contains_key(kid)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The key id a token names, if its header is readable.
     pub fn kid_of(token: &str) -> Result<Option<String>, TokenError> {
         jsonwebtoken::decode_header(token)

@@ -23,11 +23,15 @@ use tonic::{Status, transport::Channel};
 /// A refetch on an unknown key id happens at most this often, so garbage
 /// tokens cannot make the edge hammer the users service.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// After a failed fetch the next one waits this long, so an outage of the
+/// users service is not met with a fetch per request.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 pub struct RemoteAuthenticator {
     users: Option<UsersServiceClient<Channel>>,
     keys: RwLock<VerifyingKeys>,
-    last_fetch: Mutex<Option<Instant>>,
+    /// When the next fetch may happen.
+    next_fetch: Mutex<Option<Instant>>,
     issuer: String,
     audience: String,
 }
@@ -37,7 +41,7 @@ impl RemoteAuthenticator {
         Arc::new(Self {
             users: users.map(UsersServiceClient::new),
             keys: RwLock::new(VerifyingKeys::new(issuer, audience)),
-            last_fetch: Mutex::new(None),
+            next_fetch: Mutex::new(None),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
         })
@@ -48,10 +52,7 @@ impl RemoteAuthenticator {
         match Presented::from_headers(headers)? {
             None => Ok(None),
             Some(Presented::AccessToken(token)) => {
-                let claims = self
-                    .verify(token)
-                    .await
-                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
+                let claims = self.verify(token).await?;
                 Ok(Some(claims.into()))
             }
             Some(Presented::ApiKey(secret)) => {
@@ -79,33 +80,48 @@ impl RemoteAuthenticator {
         }
     }
 
-    async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        let kid = VerifyingKeys::kid_of(token)?.ok_or(TokenError::UnknownKey)?;
-        if !self.keys.read().await.contains(&kid) {
-            self.refresh().await;
+    async fn verify(&self, token: &str) -> Result<AccessClaims, Status> {
+        let unauthenticated = |e: TokenError| Status::unauthenticated(e.to_string());
+        let kid = VerifyingKeys::kid_of(token)
+            .map_err(unauthenticated)?
+            .ok_or(TokenError::UnknownKey)
+            .map_err(unauthenticated)?;
+        if !self.keys.read().await.contains(&kid)
+            && !self.refresh().await
+            && self.keys.read().await.is_empty()
+        {
+            // Without any key the edge cannot tell good tokens from bad:
+            // that is an outage, not the caller's fault.
+            return Err(Status::unavailable(
+                "access tokens cannot be verified right now; try again later",
+            ));
         }
-        self.keys.read().await.verify(token)
+        self.keys
+            .read()
+            .await
+            .verify(token)
+            .map_err(unauthenticated)
     }
 
-    /// Refetches the JWKS unless that happened within the last few seconds.
-    async fn refresh(&self) {
+    /// Refetches the JWKS unless that happened within the last few seconds
+    /// (one second after a failure). Returns whether keys were fetched.
+    async fn refresh(&self) -> bool {
         let Some(users) = self.users.clone() else {
-            return;
+            return false;
         };
-        let mut last = self.last_fetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < MIN_REFRESH_INTERVAL) {
-            return;
+        let mut next = self.next_fetch.lock().await;
+        if next.is_some_and(|t| Instant::now() < t) {
+            return false;
         }
-        *last = Some(Instant::now());
         let jwks = match users.clone().get_jwks(GetJwksRequest {}).await {
             Ok(r) => r.into_inner(),
             Err(e) => {
                 tracing::warn!(code = ?e.code(), error = %e.message(), "cannot fetch the JWKS from the users service");
-                // Let the next unknown key try again soon.
-                *last = None;
-                return;
+                *next = Some(Instant::now() + RETRY_AFTER_FAILURE);
+                return false;
             }
         };
+        *next = Some(Instant::now() + MIN_REFRESH_INTERVAL);
         let mut keys = VerifyingKeys::new(&self.issuer, &self.audience);
         for k in jwks.keys {
             let jwk: Result<Jwk, _> = serde_json::from_value(serde_json::json!({
@@ -120,6 +136,7 @@ impl RemoteAuthenticator {
             }
         }
         *self.keys.write().await = keys;
+        true
     }
 }
 
