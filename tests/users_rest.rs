@@ -231,6 +231,36 @@ async fn public_keys_and_the_openapi_document_need_no_credentials() {
         doc.body["components"]["schemas"]["agora.users.v1.User"]["properties"]["displayName"]
             .is_object()
     );
+    // Paths differing only in parameter names are one path in OpenAPI;
+    // the document must not list such twins.
+    let mut shapes: Vec<String> = paths
+        .keys()
+        .map(|p| {
+            p.split('/')
+                .map(|seg| match (seg.starts_with('{'), seg.find('}')) {
+                    (true, Some(end)) => format!("{{}}{}", &seg[end + 1..]),
+                    _ => seg.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect();
+    let total = shapes.len();
+    shapes.sort();
+    shapes.dedup();
+    assert_eq!(
+        shapes.len(),
+        total,
+        "templated twins in {:?}",
+        paths.keys().collect::<Vec<_>>()
+    );
+    let patch = &doc.body["paths"]["/api/v1/products/{id}"]["patch"];
+    assert_eq!(patch["parameters"][0]["name"], "id");
+    assert!(
+        patch["parameters"][0]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("product.id"))
+    );
     mesh.stop().await;
 }
 

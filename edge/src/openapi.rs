@@ -11,9 +11,22 @@ use crate::routes::{BodyRule, Route, RouteTable};
 pub fn document(table: &RouteTable) -> Value {
     let mut paths: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
     let mut schemas = BTreeMap::new();
+    // OpenAPI treats `/products/{id}` and `/products/{product.id}` as the
+    // same path, so routes of one shape share the first route's names.
+    let mut names_by_shape: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for route in table.routes() {
-        let path = openapi_path(route);
-        let op = operation(route, &mut schemas);
+        let own: Vec<String> = route
+            .template
+            .variables
+            .iter()
+            .map(|v| v.field_path.join("."))
+            .collect();
+        let names = names_by_shape
+            .entry(openapi_path(route, &vec![String::new(); own.len()]))
+            .or_insert(own)
+            .clone();
+        let path = openapi_path(route, &names);
+        let op = operation(route, &names, &mut schemas);
         paths
             .entry(path)
             .or_default()
@@ -34,14 +47,14 @@ pub fn document(table: &RouteTable) -> Value {
     })
 }
 
-/// `/api/v1/users/{id}` with the template's variables as OpenAPI parameters.
-fn openapi_path(route: &Route) -> String {
+/// `/api/v1/users/{id}`: the template with its variables named `names`.
+fn openapi_path(route: &Route, names: &[String]) -> String {
     let t = &route.template;
     let mut parts: Vec<String> = Vec::new();
     let mut i = 0;
     while i < t.segments.len() {
-        if let Some(v) = t.variables.iter().find(|v| v.start == i) {
-            parts.push(format!("{{{}}}", v.field_path.join(".")));
+        if let Some((n, v)) = t.variables.iter().enumerate().find(|(_, v)| v.start == i) {
+            parts.push(format!("{{{}}}", names.get(n).map_or("", String::as_str)));
             i = v.end.unwrap_or(t.segments.len()).max(i + 1);
         } else {
             parts.push(match &t.segments[i] {
@@ -60,15 +73,26 @@ fn openapi_path(route: &Route) -> String {
     path
 }
 
-fn operation(route: &Route, schemas: &mut BTreeMap<String, Value>) -> Value {
+fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Value>) -> Value {
     let input = route.input();
     let mut params = Vec::new();
-    for (var, fields) in route.template.variables.iter().zip(&route.path_fields) {
+    for ((var, fields), name) in route
+        .template
+        .variables
+        .iter()
+        .zip(&route.path_fields)
+        .zip(names)
+    {
         let leaf = fields
             .last()
             .map(field_schema)
             .unwrap_or_else(|| json!({"type": "string"}));
-        params.push(json!({"name": var.field_path.join("."), "in": "path", "required": true, "schema": leaf}));
+        let field = var.field_path.join(".");
+        let mut param = json!({"name": name, "in": "path", "required": true, "schema": leaf});
+        if *name != field {
+            param["description"] = json!(format!("Sets the request field `{field}`."));
+        }
+        params.push(param);
     }
     let bound: Vec<&FieldDescriptor> = route.path_fields.iter().filter_map(|f| f.first()).collect();
     let mut op = serde_json::Map::new();
