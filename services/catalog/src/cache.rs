@@ -7,7 +7,10 @@
 //! optimisation only: when it fails, reads go to PostgreSQL, a warning
 //! metric counts it, and the service keeps serving.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use fred::{
     prelude::{
@@ -103,7 +106,22 @@ impl ProductCache {
     }
 }
 
+/// Seconds since the Unix epoch of the last warning, so an outage logs
+/// once per interval rather than once per request (the metric counts all).
+static LAST_WARNING: AtomicU64 = AtomicU64::new(0);
+const WARNING_INTERVAL_SECS: u64 = 10;
+
 fn degraded(op: &'static str, e: &fred::error::Error) {
     metrics::counter!("catalog_cache_errors_total", "op" => op).increment(1);
-    tracing::warn!(op, error = %e, "product cache unavailable; using PostgreSQL");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARNING.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= WARNING_INTERVAL_SECS
+        && LAST_WARNING
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(op, error = %e, "product cache unavailable; using PostgreSQL");
+    }
 }
