@@ -91,6 +91,15 @@ export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test}
 export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test}
 export PATH="$TOOLS/venv/bin:$TOOLS/node/node_modules/.bin:$PATH"
 
+# Each test makes its own database and drops it when it ends; a test that
+# failed half-way leaves one behind. Clear those from earlier runs.
+if command -v psql >/dev/null; then
+  psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'agora\_test\_%'" 2>/dev/null |
+    while read -r db; do
+      psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+    done
+fi
+
 # --- checks ------------------------------------------------------------------
 log "buf lint"
 buf lint
