@@ -11,11 +11,12 @@ use uuid::Uuid;
 
 use crate::{
     UsersConfig,
+    credentials::{ApiKeyRow, Purpose, Rotation},
     domain::{DisplayName, Email, NewPassword, Role, parse_permissions, parse_roles},
     error::UsersError,
     keys::SigningKey,
     secrets,
-    store::{ApiKeyRow, Purpose, Rotation, Store, UserRow},
+    store::{Store, UserRow},
 };
 
 /// Implements `agora.users.v1.UsersService`.

@@ -6,12 +6,14 @@
 //!
 //! - [`api`]: the tonic service, proto ⇄ domain.
 //! - [`domain`]: self-validating values (`Email`, `DisplayName`, `Role`…).
-//! - [`store`]: SQL, transactions and the outbox.
+//! - [`store`]: accounts: SQL, transactions and the outbox.
+//! - [`credentials`]: refresh tokens, one-time tokens and API keys.
 //! - [`keys`]: the signing key, access tokens and JWKS.
 //! - [`secrets`]: password hashing and random bearer secrets.
 //! - [`error`]: `UsersError` and its one mapping to `tonic::Status`.
 
 pub mod api;
+pub mod credentials;
 pub mod domain;
 pub mod error;
 pub mod keys;
