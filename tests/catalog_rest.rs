@@ -616,8 +616,9 @@ async fn reservations_hold_all_items_or_none_and_commit_or_release_once() {
         .await;
     assert_eq!(
         other.status,
-        StatusCode::BAD_REQUEST,
-        "a reused key with other items is refused"
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a reused key with other items is refused: {:?}",
+        other.body
     );
 
     let id = first.body["id"].as_str().expect("id");

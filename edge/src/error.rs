@@ -2,24 +2,42 @@
 //! JSON body (`code`, `message`, `details`) with the HTTP status from the
 //! standard google.rpc.Code table. Internal details stay in the logs.
 
+use std::time::Duration;
+
 use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
 use tonic::Code;
+use tonic_types::StatusExt as _;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub code: Code,
     pub message: String,
+    /// When the client may try again: a `Retry-After` header (whole
+    /// seconds, rounded up) and a `google.rpc.RetryInfo` detail.
+    pub retry_after: Option<Duration>,
+    /// An HTTP status other than the code's standard one (422 for a reused
+    /// idempotency key).
+    pub status: Option<StatusCode>,
 }
 
 #[derive(Serialize)]
 struct StatusBody<'a> {
     code: i32,
     message: &'a str,
-    details: [(); 0],
+    details: Vec<RetryInfo>,
+}
+
+/// `google.rpc.RetryInfo` in its proto3 JSON form.
+#[derive(Serialize)]
+struct RetryInfo {
+    #[serde(rename = "@type")]
+    type_url: &'static str,
+    #[serde(rename = "retryDelay")]
+    retry_delay: String,
 }
 
 impl ApiError {
@@ -27,7 +45,19 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
+            status: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -53,10 +83,17 @@ impl From<tonic::Status> for ApiError {
         if matches!(s.code(), Code::Unavailable | Code::Unknown | Code::DataLoss) {
             tracing::warn!(code = ?s.code(), error = %s.message(), "upstream call failed");
         }
-        Self {
-            code: s.code(),
-            message,
+        let mut error = Self::new(s.code(), message);
+        // A reused idempotency key is 422 whichever layer noticed it.
+        if s.code() == Code::FailedPrecondition
+            && s.get_details_error_info().is_some_and(|info| {
+                info.reason == agora_kit::REASON_IDEMPOTENCY_KEY_REUSED
+                    && info.domain == agora_kit::ERROR_DOMAIN
+            })
+        {
+            error.status = Some(StatusCode::UNPROCESSABLE_ENTITY);
         }
+        error
     }
 }
 
@@ -82,15 +119,30 @@ pub fn http_status(code: Code) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let details = self
+            .retry_after
+            .iter()
+            .map(|d| RetryInfo {
+                type_url: "type.googleapis.com/google.rpc.RetryInfo",
+                retry_delay: format!("{}.{:03}s", d.as_secs(), d.subsec_millis()),
+            })
+            .collect();
         let body = serde_json::to_vec(&StatusBody {
             code: self.code as i32,
             message: &self.message,
-            details: [],
+            details,
         })
         .unwrap_or_else(|_| {
             b"{\"code\":13,\"message\":\"internal error\",\"details\":[]}".to_vec()
         });
-        let mut resp = (http_status(self.code), body).into_response();
+        let status = self.status.unwrap_or_else(|| http_status(self.code));
+        let mut resp = (status, body).into_response();
+        if let Some(after) = self.retry_after {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(after)),
+            );
+        }
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -101,6 +153,11 @@ impl IntoResponse for ApiError {
         }
         resp
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+pub fn retry_after_secs(after: Duration) -> u64 {
+    after.as_millis().div_ceil(1000).max(1) as u64
 }
 
 #[cfg(test)]

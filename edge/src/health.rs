@@ -24,6 +24,16 @@ pub struct ServiceHealth {
     pub response_time: u64,
     pub last_check: String,
     pub error: Option<String>,
+    /// Each known address and whether it takes calls (not ejected).
+    pub endpoints: Vec<EndpointHealth>,
+    /// Whether the edge's circuit breaker for the service is open.
+    pub breaker_open: bool,
+}
+
+#[derive(Serialize)]
+pub struct EndpointHealth {
+    pub address: String,
+    pub in_rotation: bool,
 }
 
 #[derive(Serialize)]
@@ -35,7 +45,7 @@ pub struct Health {
 }
 
 pub async fn health(State(state): State<EdgeState>) -> (StatusCode, Json<Health>) {
-    let mut services = join_all(state.upstreams.iter().map(check)).await;
+    let mut services = join_all(state.upstreams.iter().map(|u| check(u))).await;
     services.sort_by(|a, b| a.name.cmp(&b.name));
     let healthy = services.iter().filter(|s| s.status == "healthy").count();
     let status = match healthy {
@@ -83,14 +93,24 @@ async fn check(upstream: &Upstream) -> ServiceHealth {
             Some(format!("reports {:?}", r.get_ref().status())),
         ),
     };
-    metrics::gauge!("service_health_status", "service_name" => upstream.name.clone())
+    metrics::gauge!("service_health_status", "service_name" => upstream.name.to_string())
         .set(if status == "healthy" { 1.0 } else { 0.0 });
     ServiceHealth {
-        name: upstream.name.clone(),
+        name: upstream.name.to_string(),
         status,
         response_time: started.elapsed().as_millis() as u64,
         last_check: now(),
         error,
+        endpoints: upstream
+            .channel
+            .endpoint_health()
+            .into_iter()
+            .map(|(addr, in_rotation)| EndpointHealth {
+                address: addr.to_string(),
+                in_rotation,
+            })
+            .collect(),
+        breaker_open: upstream.breaker.is_open(),
     }
 }
 

@@ -9,25 +9,36 @@
 //! - [`codec`]: a pass-through gRPC codec for dynamic calls.
 //! - [`proxy`]: the request handler tying these together.
 //! - [`upstream`]: upstream services and their call policy.
+//! - [`call`]: one upstream call with shedding, breaker, deadline and retries.
 //! - [`error`]: gRPC status → HTTP status and `google.rpc.Status` bodies.
 //! - [`openapi`]: the OpenAPI 3.1 document.
 //! - [`health`]: the aggregated `/health`.
+//! - [`ratelimit`]: per key / user / IP limits shared through Redis.
+//! - [`idempotency`]: replaying the answer to a retried `Idempotency-Key`.
 
+pub mod call;
 pub mod codec;
 pub mod error;
 pub mod health;
+pub mod idempotency;
 pub mod openapi;
 pub mod proxy;
+pub mod ratelimit;
 pub mod routes;
 pub mod template;
 pub mod transcode;
 pub mod upstream;
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicUsize},
+    time::Instant,
+};
 
 use agora_kit::{
     config::{ConfigError, Env},
     jwks::RemoteAuthenticator,
+    redis::SharedRedis,
     shutdown::Shutdown,
 };
 use anyhow::Context as _;
@@ -37,6 +48,7 @@ use axum::{
     middleware::{self, Next},
     response::Response,
     routing::get,
+    serve::ListenerExt as _,
 };
 use http::Method;
 use prost_reflect::DescriptorPool;
@@ -48,7 +60,9 @@ use tower_http::{
 };
 
 use crate::{
+    idempotency::IdempotencyStore,
     proxy::RouteLabel,
+    ratelimit::{RateLimitConfig, RateLimiter},
     routes::RouteTable,
     upstream::{Upstreams, UpstreamsConfig},
 };
@@ -69,6 +83,21 @@ pub struct EdgeConfig {
     /// Origins browsers may call from (`AGORA_EDGE_CORS_ORIGINS`, a comma
     /// list, or `*`; default none: no CORS headers).
     pub cors_origins: Vec<String>,
+    /// The upstream that verifies access tokens (its JWKS) and API keys
+    /// (`AGORA_EDGE_AUTH_UPSTREAM`, default `users`).
+    pub auth_upstream: String,
+    /// Requests in flight at the edge above which it answers 503 at once
+    /// (`AGORA_EDGE_MAX_IN_FLIGHT`, default 10000).
+    pub max_in_flight: usize,
+    /// Redis for rate limits and idempotency records, shared by every edge
+    /// replica (`REDIS_URL`, default `redis://127.0.0.1:6379`; empty: limits
+    /// per process, no idempotency records).
+    pub redis_url: String,
+    /// Prefix of the edge's Redis keys (`AGORA_EDGE_KEY_PREFIX`, default
+    /// `agora:edge:`).
+    pub key_prefix: String,
+    /// Rate limits.
+    pub rate_limits: RateLimitConfig,
     /// The services behind the edge and how to call each.
     pub upstreams: UpstreamsConfig,
 }
@@ -81,6 +110,11 @@ impl Default for EdgeConfig {
             jwt_issuer: "agora".into(),
             jwt_audience: "agora".into(),
             cors_origins: Vec::new(),
+            auth_upstream: "users".into(),
+            max_in_flight: 10_000,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "agora:edge:".into(),
+            rate_limits: RateLimitConfig::default(),
             upstreams: UpstreamsConfig::default(),
         }
     }
@@ -100,7 +134,29 @@ impl EdgeConfig {
                 .collect();
         }
         cors_layer(&self.cors_origins)?;
+        env.string_into("AGORA_EDGE_AUTH_UPSTREAM", &mut self.auth_upstream);
+        env.parse_into("AGORA_EDGE_MAX_IN_FLIGHT", &mut self.max_in_flight)?;
+        env.string_into("REDIS_URL", &mut self.redis_url);
+        env.string_into("AGORA_EDGE_KEY_PREFIX", &mut self.key_prefix);
+        self.rate_limits.apply_env(env)?;
         self.upstreams.apply_env(env)?;
+        self.validate()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.upstreams.validate()?;
+        if !self.upstreams.0.contains_key(&self.auth_upstream) {
+            return Err(ConfigError::invalid(
+                "AGORA_EDGE_AUTH_UPSTREAM",
+                format!("{:?} is not a configured upstream", self.auth_upstream),
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "AGORA_EDGE_MAX_IN_FLIGHT",
+                "must be positive",
+            ));
+        }
         if self.body_limit_bytes == 0 {
             return Err(ConfigError::invalid(
                 "AGORA_EDGE_BODY_LIMIT_BYTES",
@@ -120,6 +176,12 @@ pub struct EdgeState {
     pub openapi: Arc<serde_json::Value>,
     pub body_limit: usize,
     pub shutdown: Shutdown,
+    /// Requests in flight through the proxy, and the cap on them.
+    pub in_flight: Arc<AtomicUsize>,
+    pub max_in_flight: usize,
+    pub rate_limits: Arc<RateLimitConfig>,
+    pub limiter: Arc<RateLimiter>,
+    pub idempotency: Arc<IdempotencyStore>,
 }
 
 /// The edge, built and bound, not yet serving.
@@ -132,7 +194,7 @@ pub struct EdgeComponent {
 impl EdgeComponent {
     /// Builds the route table from the embedded contracts and binds.
     pub async fn build(config: EdgeConfig) -> anyhow::Result<Self> {
-        config.upstreams.validate()?;
+        config.validate()?;
         let pool = DescriptorPool::decode(agora_proto::FILE_DESCRIPTOR_SET)
             .context("Failed to read the contracts")?;
         let routes = Arc::new(RouteTable::from_pool(&pool, "agora.")?);
@@ -157,9 +219,20 @@ impl EdgeComponent {
     /// Serves until `shutdown` stops the process; in-flight requests finish.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         agora_kit::metrics::handle();
-        let upstreams = Upstreams::connect(&self.config.upstreams)?;
+        let upstreams = Upstreams::connect(&self.config.upstreams).await?;
+        let redis = if self.config.redis_url.is_empty() {
+            None
+        } else {
+            Some(SharedRedis::connect(
+                &self.config.redis_url,
+                "REDIS_URL",
+                "edge rate limits and idempotency",
+            )?)
+        };
         let auth = RemoteAuthenticator::new(
-            upstreams.get("users").map(|u| u.channel.clone()),
+            upstreams
+                .get(&self.config.auth_upstream)
+                .map(|u| u.channel.clone()),
             &self.config.jwt_issuer,
             &self.config.jwt_audience,
         );
@@ -170,12 +243,26 @@ impl EdgeComponent {
             auth,
             body_limit: self.config.body_limit_bytes,
             shutdown: shutdown.clone(),
+            in_flight: Arc::default(),
+            max_in_flight: self.config.max_in_flight,
+            rate_limits: Arc::new(self.config.rate_limits.clone()),
+            limiter: Arc::new(RateLimiter::new(redis.clone(), &self.config.key_prefix)),
+            idempotency: Arc::new(IdempotencyStore::new(redis, &self.config.key_prefix)),
         };
         let cors = cors_layer(&self.config.cors_origins)?;
-        axum::serve(self.listener, router(state, cors))
-            .with_graceful_shutdown(shutdown.stopping_owned())
-            .await
-            .context("edge server failed")
+        // Small responses must not wait for the client's delayed ACK.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(
+            listener,
+            router(state, cors).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.stopping_owned())
+        .await
+        .context("edge server failed")
     }
 }
 

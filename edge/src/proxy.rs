@@ -1,7 +1,11 @@
 //! The REST handler: match a route, authenticate, transcode, call the
 //! upstream over gRPC, transcode back.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use agora_kit::{
     access::authorize,
@@ -9,7 +13,7 @@ use agora_kit::{
 };
 use axum::{
     body::Body,
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -23,10 +27,13 @@ use tonic::{
 
 use crate::{
     EdgeState,
-    codec::RawCodec,
-    error::ApiError,
+    call::{self, UnaryCall},
+    error::{self, ApiError},
+    idempotency::{self, Begin},
+    ratelimit::{self, Decision},
     routes::{Lookup, Route},
     transcode::{request_message, response_json},
+    upstream::Slot,
 };
 
 /// The matched route template, for metrics labels (bounded cardinality).
@@ -70,6 +77,18 @@ pub async fn handle(State(state): State<EdgeState>, req: Request) -> Response {
         }
     };
     let label = RouteLabel(route.label.clone());
+    // Above the edge's cap, answer at once rather than queue.
+    let Some(_slot) = Slot::try_take(&state.in_flight, state.max_in_flight) else {
+        metrics::counter!("agora_edge_shed_total").increment(1);
+        let mut resp = ApiError::new(
+            Code::Unavailable,
+            "the edge is at capacity; try again shortly",
+        )
+        .with_retry_after(std::time::Duration::from_secs(1))
+        .into_response();
+        resp.extensions_mut().insert(label);
+        return resp;
+    };
     let mut resp = match call(&state, route, &values, req).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
@@ -85,6 +104,19 @@ async fn call(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
+    let client_timeout = match parts.headers.get("grpc-timeout") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(call::parse_grpc_timeout)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "grpc-timeout: must be up to 8 digits and a unit (H, M, S, m, u, n), like 100m",
+                    )
+                })?,
+        ),
+    };
 
     let caller = match state.auth.authenticate(&parts.headers).await {
         Ok(caller) => caller,
@@ -94,16 +126,44 @@ async fn call(
     };
     authorize(&route.access, caller.as_ref()).map_err(ApiError::from)?;
 
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let client_ip =
+        ratelimit::client_ip(peer, &parts.headers, state.rate_limits.trusted_proxy_hops);
+    let decision = match ratelimit::subject(&state.rate_limits, route, caller.as_ref(), client_ip) {
+        Some(subject) => {
+            let decision = state.limiter.check(&subject).await;
+            if !decision.allowed {
+                metrics::counter!("agora_edge_rate_limited_total", "route" => route.label.to_string())
+                    .increment(1);
+                let mut resp = ApiError::new(
+                    Code::ResourceExhausted,
+                    format!(
+                        "rate limit exceeded: {} calls per minute; retry in {} s",
+                        decision.limit,
+                        error::retry_after_secs(decision.retry_after)
+                    ),
+                )
+                .with_retry_after(decision.retry_after)
+                .into_response();
+                rate_limit_headers(&mut resp, &decision);
+                return Ok(resp);
+            }
+            Some(decision)
+        }
+        None => None,
+    };
+
     let body = match axum::body::to_bytes(body, state.body_limit).await {
         Ok(body) => body,
         Err(_) => {
-            let mut resp = ApiError::bad_request(format!(
+            return Err(ApiError::bad_request(format!(
                 "the request body is larger than {} bytes",
                 state.body_limit
             ))
-            .into_response();
-            *resp.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-            return Ok(resp);
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE));
         }
     };
     if !body.is_empty() && !is_json(&parts.headers) {
@@ -121,60 +181,132 @@ async fn call(
         )
     })?;
 
-    let mut grpc_req = tonic::Request::new(Bytes::from(msg.encode_to_vec()));
+    // An idempotency key claims the request before it runs, or answers for it.
+    let mut claim = None;
+    if let Some(key) = idempotency_key(&parts)? {
+        let scope = caller.as_ref().map_or_else(
+            || format!("ip:{client_ip}"),
+            |c| format!("user:{}", c.user_id),
+        );
+        let lease = upstream.policy.timeout + Duration::from_secs(5);
+        match state
+            .idempotency
+            .begin(&scope, key, (&parts.method, &parts.uri, &body), lease)
+            .await
+        {
+            Begin::Run(c) => claim = Some(c),
+            Begin::Unprotected => {}
+            Begin::Replay(mut resp) => {
+                if let Some(d) = &decision {
+                    rate_limit_headers(&mut resp, d);
+                }
+                return Ok(resp);
+            }
+            Begin::InProgress => {
+                return Err(ApiError::new(
+                    Code::Aborted,
+                    "a request with this Idempotency-Key is still running; retry when it has finished",
+                )
+                .with_retry_after(Duration::from_secs(1)));
+            }
+            Begin::Mismatch => {
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key was already used for a different request; use a new key for a new request",
+                )
+                .with_status(StatusCode::UNPROCESSABLE_ENTITY));
+            }
+        }
+    }
+
+    let mut metadata = MetadataMap::new();
     forward_metadata(
         &parts.headers,
-        grpc_req.metadata_mut(),
+        &mut metadata,
         caller.as_ref().map(|c| c.user_id.as_str()),
     );
-    grpc_req.set_timeout(upstream.policy.timeout);
-
-    let mut client = tonic::client::Grpc::new(upstream.channel.clone());
-    let started = Instant::now();
-    // The deadline travels as grpc-timeout and also holds here, should the
-    // service not answer at all (a black-holed connection).
-    let call = async {
-        client.ready().await.map_err(|e| {
-            tracing::warn!(upstream = %upstream.name, error = %e, "upstream not ready");
-            tonic::Status::unavailable("the service is unavailable; try again later")
-        })?;
-        client
-            .unary(grpc_req, route.grpc_uri.clone(), RawCodec)
-            .await
-    };
-    let result = match tokio::time::timeout(upstream.policy.timeout, call).await {
-        // tonic servers report an expired grpc-timeout as CANCELLED; past
-        // the deadline, clients should see DEADLINE_EXCEEDED (504).
-        Ok(Err(s))
-            if s.code() == Code::Cancelled && started.elapsed() >= upstream.policy.timeout =>
-        {
-            Err(None)
+    let reply = call::unary(
+        upstream,
+        UnaryCall {
+            path: &route.grpc_uri,
+            body: Bytes::from(msg.encode_to_vec()),
+            metadata,
+            idempotent: route.idempotent,
+            client_timeout,
+        },
+    )
+    .await
+    .and_then(|reply| render(route, reply));
+    let (status, json) = match reply {
+        Ok(json) => (StatusCode::OK, Bytes::from(json)),
+        Err(e) => {
+            let resp = e.into_response();
+            let status = resp.status();
+            let (parts, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            if let Some(claim) = claim {
+                state.idempotency.finish(claim, status, &bytes).await;
+            }
+            let mut resp = Response::from_parts(parts, Body::from(bytes));
+            if let Some(d) = &decision {
+                rate_limit_headers(&mut resp, d);
+            }
+            return Ok(resp);
         }
-        Ok(r) => r.map_err(Some),
-        Err(_) => Err(None),
+    };
+    if let Some(claim) = claim {
+        state.idempotency.finish(claim, status, &json).await;
     }
-    .map_err(|s| {
-        s.unwrap_or_else(|| tonic::Status::deadline_exceeded("the service did not answer in time"))
-    });
-    metrics::histogram!("upstream_request_duration_seconds", "upstream" => upstream.name.clone())
-        .record(started.elapsed().as_secs_f64());
-    let reply = result.map_err(ApiError::from)?.into_inner();
-
-    let out = DynamicMessage::decode(route.method.output(), reply)
-        .map_err(|e| {
-            tracing::error!(method = %route.method.full_name(), error = %e, "cannot decode an upstream reply");
-            ApiError::new(Code::Internal, "internal error")
-        })?;
-    let json = response_json(route, &out).map_err(|e| {
-        tracing::error!(method = %route.method.full_name(), error = %e, "cannot render an upstream reply");
-        ApiError::new(Code::Internal, "internal error")
-    })?;
     let mut resp = Response::new(Body::from(json));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if let Some(d) = &decision {
+        rate_limit_headers(&mut resp, d);
+    }
     Ok(resp)
+}
+
+/// The upstream's reply as the route's JSON.
+fn render(route: &Route, reply: Bytes) -> Result<Vec<u8>, ApiError> {
+    let out = DynamicMessage::decode(route.method.output(), reply).map_err(|e| {
+        tracing::error!(method = %route.method.full_name(), error = %e, "cannot decode an upstream reply");
+        ApiError::new(Code::Internal, "internal error")
+    })?;
+    response_json(route, &out).map_err(|e| {
+        tracing::error!(method = %route.method.full_name(), error = %e, "cannot render an upstream reply");
+        ApiError::new(Code::Internal, "internal error")
+    })
+}
+
+/// The `Idempotency-Key` of a POST or PATCH, checked.
+fn idempotency_key(parts: &http::request::Parts) -> Result<Option<&str>, ApiError> {
+    if parts.method != http::Method::POST && parts.method != http::Method::PATCH {
+        return Ok(None);
+    }
+    let Some(v) = parts.headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= idempotency::MAX_KEY_LEN => Ok(Some(k)),
+        _ => Err(ApiError::bad_request(format!(
+            "Idempotency-Key: must be 1 to {} visible ASCII characters",
+            idempotency::MAX_KEY_LEN
+        ))),
+    }
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds).
+fn rate_limit_headers(resp: &mut Response, d: &Decision) {
+    let h = resp.headers_mut();
+    h.insert("ratelimit-limit", HeaderValue::from(d.limit));
+    h.insert("ratelimit-remaining", HeaderValue::from(d.remaining));
+    h.insert(
+        "ratelimit-reset",
+        HeaderValue::from(d.reset.as_millis().div_ceil(1000) as u64),
+    );
 }
 
 fn is_json(headers: &http::HeaderMap) -> bool {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use agora_kit::access::AccessPolicy;
 use agora_proto::{
-    api::v1::Access,
+    api::v1::{Access, RateLimit},
     google::api::{HttpRule, http_rule::Pattern},
 };
 use http::Method;
@@ -17,6 +17,7 @@ use prost_reflect::{
 use crate::template::{PathTemplate, TemplateError};
 
 const HTTP_EXTENSION: &str = "google.api.http";
+const RATE_LIMIT_EXTENSION: &str = "agora.api.v1.rate_limit";
 
 /// Where the request body goes.
 #[derive(Debug, Clone)]
@@ -48,6 +49,12 @@ pub struct Route {
     /// The upstream that serves the method (`users`, `catalog`…).
     pub upstream: Arc<str>,
     pub access: Access,
+    /// Whether a failed call may be sent again: GET routes, and methods
+    /// whose contract declares `idempotency_level` NO_SIDE_EFFECTS or
+    /// IDEMPOTENT.
+    pub idempotent: bool,
+    /// The contract's `agora.api.v1.rate_limit` option (default: none).
+    pub rate_limit: RateLimit,
 }
 
 impl Route {
@@ -84,6 +91,7 @@ impl RouteTable {
     pub fn from_pool(pool: &DescriptorPool, package_prefix: &str) -> Result<Self, RouteError> {
         let policy = AccessPolicy::from_pool(pool);
         let ext = pool.get_extension_by_name(HTTP_EXTENSION);
+        let limit_ext = pool.get_extension_by_name(RATE_LIMIT_EXTENSION);
         let mut routes = Vec::new();
         for service in pool
             .services()
@@ -106,6 +114,23 @@ impl RouteTable {
                 let grpc_path: Arc<str> =
                     format!("/{}/{}", service.full_name(), method.name()).into();
                 let access = policy.get(&grpc_path).cloned().unwrap_or_default();
+                let rate_limit = match &limit_ext {
+                    Some(le) if options.has_extension(le) => {
+                        match options.get_extension(le).as_ref() {
+                            Value::Message(m) => {
+                                m.transcode_to::<RateLimit>()
+                                    .map_err(|e| RouteError::Binding {
+                                        method: method.full_name().to_owned(),
+                                        reason: format!(
+                                            "unreadable agora.api.v1.rate_limit option: {e}"
+                                        ),
+                                    })?
+                            }
+                            _ => RateLimit::default(),
+                        }
+                    }
+                    _ => RateLimit::default(),
+                };
                 let mut add = |rule: &HttpRule| -> Result<(), RouteError> {
                     routes.push(Route::from_rule(
                         rule,
@@ -113,6 +138,7 @@ impl RouteTable {
                         grpc_path.clone(),
                         upstream.clone(),
                         access.clone(),
+                        rate_limit.clone(),
                     )?);
                     Ok(())
                 };
@@ -181,6 +207,7 @@ impl Route {
         grpc_path: Arc<str>,
         upstream: Arc<str>,
         access: Access,
+        rate_limit: RateLimit,
     ) -> Result<Self, RouteError> {
         let bad = |reason: String| RouteError::Binding {
             method: method.full_name().to_owned(),
@@ -239,6 +266,14 @@ impl Route {
         ))
         .map_err(|e| bad(format!("invalid gRPC path: {e}")))?;
         let label = Arc::from(path.as_str());
+        // protobuf's MethodOptions.IdempotencyLevel: 1 NO_SIDE_EFFECTS, 2 IDEMPOTENT.
+        let level = method
+            .method_descriptor_proto()
+            .options
+            .as_ref()
+            .and_then(|o| o.idempotency_level)
+            .unwrap_or(0);
+        let idempotent = http_method == Method::GET || matches!(level, 1 | 2);
         Ok(Self {
             http_method,
             template,
@@ -251,6 +286,8 @@ impl Route {
             label,
             upstream,
             access,
+            idempotent,
+            rate_limit,
         })
     }
 }

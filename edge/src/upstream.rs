@@ -1,51 +1,82 @@
 //! The services behind the edge and the policy for calling each.
 //!
-//! Channels connect lazily, so the edge starts (and reports the failure in
-//! `/health`) even when a service is not up yet.
+//! Every upstream the contracts name is configured by one pattern:
+//! `AGORA_EDGE_<NAME>_URL`, `_TIMEOUT_MS`, `_RETRIES`, `_BREAKER_THRESHOLD`,
+//! `_BREAKER_RESET_MS`, `_MAX_IN_FLIGHT` (the seed's `USER_SERVICE_URL`,
+//! `PRODUCT_SERVICE_URL`, `CHAT_SERVICE_URL` and `DATA_SERVICE_URL` are
+//! aliases; the `AGORA_EDGE_*` name wins), or `[edge.upstreams.<name>]` in
+//! `agora.toml`. Channels connect lazily, so the edge starts (and reports
+//! the failure in `/health`) even when a service is not up yet.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
-use agora_kit::config::{ConfigError, Env};
+use agora_kit::{
+    balance::{self, Balanced},
+    breaker::CircuitBreaker,
+    config::{ConfigError, Env},
+};
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, Endpoint};
+use tower::retry::budget::TpsBudget;
 
-/// How the edge calls one upstream. Retries and the circuit breaker are
-/// configured here already; the edge enforces `timeout` today.
+/// How the edge calls one upstream.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamPolicy {
-    /// gRPC URL of the service, e.g. `http://127.0.0.1:3001`.
+    /// gRPC URL of the service, e.g. `http://127.0.0.1:3001`; a comma list
+    /// of several, or a DNS name with several addresses, is balanced over.
     pub url: String,
-    /// Deadline of each call, in milliseconds; sent as `grpc-timeout`.
+    /// Deadline of each call, in milliseconds, retries included; sent as
+    /// `grpc-timeout`. A client may ask for less, never for more.
     #[serde(with = "agora_kit::config::millis")]
     pub timeout: Duration,
-    /// Attempts after the first, for idempotent methods only.
+    /// Attempts after the first, for idempotent methods (and for calls that
+    /// never reached the service), within the retry budget.
     pub retries: u32,
-    /// Consecutive failures that open the circuit breaker.
+    /// Consecutive failed calls that open the circuit breaker (0: no breaker).
     pub breaker_threshold: u32,
-    /// Time the breaker stays open before probing again, in milliseconds.
+    /// Time the breaker stays open before one probe, in milliseconds.
     #[serde(with = "agora_kit::config::millis")]
     pub breaker_reset: Duration,
+    /// Calls in flight to this upstream above which the edge answers 503 at
+    /// once instead of queueing.
+    pub max_in_flight: usize,
 }
 
 impl UpstreamPolicy {
-    fn new(url: &str, timeout_s: u64, retries: u32, threshold: u32, reset_s: u64) -> Self {
+    /// The defaults of the original gateway design for `name`.
+    pub fn defaults_for(name: &str) -> Self {
+        let (port, timeout_s, retries, threshold, reset_s) = match name {
+            "users" => (3001, 5, 3, 5, 30),
+            "catalog" => (3002, 5, 3, 5, 30),
+            "chat" => (3003, 5, 3, 5, 30),
+            "analytics" => (8000, 10, 2, 3, 60),
+            _ => (80, 5, 3, 5, 30),
+        };
         Self {
-            url: url.into(),
+            url: if port == 80 {
+                format!("http://{name}")
+            } else {
+                format!("http://127.0.0.1:{port}")
+            },
             timeout: Duration::from_secs(timeout_s),
             retries,
             breaker_threshold: threshold,
             breaker_reset: Duration::from_secs(reset_s),
+            max_in_flight: 1024,
         }
     }
 }
 
 impl Default for UpstreamPolicy {
     fn default() -> Self {
-        Self::new("http://127.0.0.1:3001", 5, 3, 5, 30)
+        Self::defaults_for("")
     }
 }
 
@@ -56,54 +87,119 @@ pub struct UpstreamsConfig(pub BTreeMap<String, UpstreamPolicy>);
 
 impl Default for UpstreamsConfig {
     fn default() -> Self {
-        // Only services that exist get a default entry.
-        Self(BTreeMap::from([
-            (
-                "users".to_owned(),
-                UpstreamPolicy::new("http://127.0.0.1:3001", 5, 3, 5, 30),
-            ),
-            (
-                "catalog".to_owned(),
-                UpstreamPolicy::new("http://127.0.0.1:3002", 5, 3, 5, 30),
-            ),
-        ]))
+        // Only services that exist get a default entry; others appear when
+        // configured.
+        Self(
+            ["users", "catalog"]
+                .into_iter()
+                .map(|n| (n.to_owned(), UpstreamPolicy::defaults_for(n)))
+                .collect(),
+        )
     }
 }
 
-/// Environment variable naming each upstream's URL (the seed's names).
-const URL_VARS: &[(&str, &str)] = &[
+/// The seed's URL variables, aliases of `AGORA_EDGE_<NAME>_URL`.
+const URL_ALIASES: &[(&str, &str)] = &[
     ("users", "USER_SERVICE_URL"),
     ("catalog", "PRODUCT_SERVICE_URL"),
     ("chat", "CHAT_SERVICE_URL"),
     ("analytics", "DATA_SERVICE_URL"),
 ];
 
+const PREFIX: &str = "AGORA_EDGE_";
+const SUFFIXES: &[&str] = &[
+    "_URL",
+    "_TIMEOUT_MS",
+    "_RETRIES",
+    "_BREAKER_THRESHOLD",
+    "_BREAKER_RESET_MS",
+    "_MAX_IN_FLIGHT",
+];
+
+/// `AGORA_EDGE_<NAME>_<SUFFIX>` for an upstream name.
+pub fn setting(name: &str, suffix: &str) -> String {
+    format!("{PREFIX}{}{suffix}", name.to_uppercase())
+}
+
 impl UpstreamsConfig {
     pub fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
-        for (name, var) in URL_VARS {
-            if let Some(url) = env.get(var) {
-                self.0.entry((*name).to_owned()).or_default().url = url.to_owned();
+        // Upstreams named by any variable of the pattern, or by an alias.
+        let mut names: BTreeSet<String> = self.0.keys().cloned().collect();
+        for var in env.names() {
+            let Some(rest) = var.strip_prefix(PREFIX) else {
+                continue;
+            };
+            if let Some(name) = SUFFIXES.iter().find_map(|s| rest.strip_suffix(s))
+                && !name.is_empty()
+            {
+                names.insert(name.to_lowercase());
             }
-            let timeout_var = format!("AGORA_EDGE_{}_TIMEOUT_MS", name.to_uppercase());
-            if let Some(policy) = self.0.get_mut(*name) {
-                env.millis_into(&timeout_var, &mut policy.timeout)?;
+        }
+        for (name, alias) in URL_ALIASES {
+            if env.get(alias).is_some() {
+                names.insert((*name).to_owned());
             }
+        }
+        for name in names {
+            let policy = self
+                .0
+                .entry(name.clone())
+                .or_insert_with(|| UpstreamPolicy::defaults_for(&name));
+            // Errors name the variable the URL came from.
+            let mut url_var = None;
+            if let Some((_, alias)) = URL_ALIASES.iter().find(|(n, _)| *n == name)
+                && let Some(url) = env.get(alias)
+            {
+                url.clone_into(&mut policy.url);
+                url_var = Some((*alias).to_owned());
+            }
+            let var = setting(&name, "_URL");
+            if let Some(url) = env.get(&var) {
+                url.clone_into(&mut policy.url);
+                url_var = Some(var);
+            }
+            if let Some(var) = url_var {
+                Balanced::parse_urls(&policy.url, &var)?;
+            }
+            env.millis_into(&setting(&name, "_TIMEOUT_MS"), &mut policy.timeout)?;
+            env.parse_into(&setting(&name, "_RETRIES"), &mut policy.retries)?;
+            env.parse_into(
+                &setting(&name, "_BREAKER_THRESHOLD"),
+                &mut policy.breaker_threshold,
+            )?;
+            env.millis_into(
+                &setting(&name, "_BREAKER_RESET_MS"),
+                &mut policy.breaker_reset,
+            )?;
+            env.parse_into(&setting(&name, "_MAX_IN_FLIGHT"), &mut policy.max_in_flight)?;
         }
         self.validate()
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, policy) in &self.0 {
-            let setting = URL_VARS
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or(name.as_str(), |(_, v)| *v);
-            Endpoint::from_shared(policy.url.clone()).map_err(|e| {
-                ConfigError::invalid(setting, format!("{:?} is not a valid URL: {e}", policy.url))
-            })?;
+            Balanced::parse_urls(&policy.url, &setting(name, "_URL"))?;
             if policy.timeout.is_zero() {
                 return Err(ConfigError::invalid(
-                    format!("edge.upstreams.{name}.timeout"),
+                    setting(name, "_TIMEOUT_MS"),
+                    "must be positive",
+                ));
+            }
+            if policy.retries > 10 {
+                return Err(ConfigError::invalid(
+                    setting(name, "_RETRIES"),
+                    "must be at most 10",
+                ));
+            }
+            if policy.breaker_threshold > 0 && policy.breaker_reset.is_zero() {
+                return Err(ConfigError::invalid(
+                    setting(name, "_BREAKER_RESET_MS"),
+                    "must be positive while the breaker is on",
+                ));
+            }
+            if policy.max_in_flight == 0 {
+                return Err(ConfigError::invalid(
+                    setting(name, "_MAX_IN_FLIGHT"),
                     "must be positive",
                 ));
             }
@@ -112,47 +208,136 @@ impl UpstreamsConfig {
     }
 }
 
-/// A connected (lazily) upstream.
-#[derive(Clone)]
+/// A connected (lazily) upstream with its breaker, retry budget and
+/// in-flight count.
 pub struct Upstream {
-    pub name: String,
+    pub name: Arc<str>,
     pub policy: UpstreamPolicy,
-    pub channel: Channel,
+    pub channel: Balanced,
+    pub breaker: CircuitBreaker,
+    /// Retries may add at most 20% to the calls of the last 10 seconds,
+    /// plus 10 per second, so a failing service is not hammered (Linkerd's
+    /// default budget).
+    pub budget: TpsBudget,
+    pub in_flight: AtomicUsize,
 }
 
 /// Every configured upstream.
 #[derive(Clone, Default)]
 pub struct Upstreams {
-    by_name: HashMap<String, Upstream>,
+    by_name: Arc<HashMap<String, Arc<Upstream>>>,
 }
 
 impl Upstreams {
-    pub fn connect(config: &UpstreamsConfig) -> anyhow::Result<Self> {
+    pub async fn connect(config: &UpstreamsConfig) -> anyhow::Result<Self> {
         let mut by_name = HashMap::new();
         for (name, policy) in &config.0 {
-            let channel = Endpoint::from_shared(policy.url.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_while_idle(true)
-                .connect_lazy();
+            let channel = Balanced::new(
+                name,
+                &policy.url,
+                &setting(name, "_URL"),
+                balance::client_defaults,
+            )
+            .await?;
             by_name.insert(
                 name.clone(),
-                Upstream {
-                    name: name.clone(),
+                Arc::new(Upstream {
+                    name: name.as_str().into(),
+                    breaker: CircuitBreaker::new(
+                        name,
+                        policy.breaker_threshold,
+                        policy.breaker_reset,
+                    ),
+                    budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
+                    in_flight: AtomicUsize::new(0),
                     policy: policy.clone(),
                     channel,
-                },
+                }),
             );
         }
-        Ok(Self { by_name })
+        Ok(Self {
+            by_name: Arc::new(by_name),
+        })
     }
 
-    pub fn get(&self, name: &str) -> Option<&Upstream> {
+    pub fn get(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.by_name.get(name)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Upstream> {
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.by_name.values()
+    }
+}
+
+/// A slot of a bounded in-flight count, released on drop.
+pub struct Slot<'a>(&'a AtomicUsize);
+
+impl<'a> Slot<'a> {
+    /// Takes a slot, or `None` when `max` are taken.
+    pub fn try_take(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        let taken = count.fetch_add(1, Ordering::AcqRel);
+        if taken >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(count))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_upstream_is_configured_by_one_pattern_and_the_edge_name_wins() {
+        let mut config = UpstreamsConfig::default();
+        let env = Env::from_pairs([
+            ("PRODUCT_SERVICE_URL", "http://alias:1"),
+            ("AGORA_EDGE_CATALOG_URL", "http://a:1,http://b:1"),
+            ("USER_SERVICE_URL", "http://users:9"),
+            ("AGORA_EDGE_ANALYTICS_RETRIES", "1"),
+            ("AGORA_EDGE_CATALOG_MAX_IN_FLIGHT", "7"),
+            ("AGORA_EDGE_CHAT_BREAKER_RESET_MS", "1500"),
+        ]);
+        config.apply_env(&env).expect("valid");
+        assert_eq!(config.0["catalog"].url, "http://a:1,http://b:1");
+        assert_eq!(config.0["catalog"].max_in_flight, 7);
+        assert_eq!(config.0["users"].url, "http://users:9");
+        let analytics = &config.0["analytics"];
+        assert_eq!(analytics.retries, 1);
+        assert_eq!(analytics.timeout, Duration::from_secs(10));
+        assert_eq!(analytics.breaker_threshold, 3);
+        assert_eq!(config.0["chat"].breaker_reset, Duration::from_millis(1500));
+
+        let err = UpstreamsConfig::default()
+            .apply_env(&Env::from_pairs([("AGORA_EDGE_USERS_MAX_IN_FLIGHT", "0")]))
+            .expect_err("zero");
+        assert!(
+            err.to_string().contains("AGORA_EDGE_USERS_MAX_IN_FLIGHT"),
+            "{err}"
+        );
+        let err = UpstreamsConfig::default()
+            .apply_env(&Env::from_pairs([("AGORA_EDGE_USERS_RETRIES", "many")]))
+            .expect_err("not a number");
+        assert!(
+            err.to_string().contains("AGORA_EDGE_USERS_RETRIES"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn slots_are_bounded() {
+        let count = AtomicUsize::new(0);
+        let a = Slot::try_take(&count, 2).expect("first");
+        let _b = Slot::try_take(&count, 2).expect("second");
+        assert!(Slot::try_take(&count, 2).is_none());
+        drop(a);
+        assert!(Slot::try_take(&count, 2).is_some());
     }
 }

@@ -62,6 +62,15 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
     if let Ok(url) = std::env::var("REDIS_URL") {
         config.catalog.redis_url = url;
     }
+    config.edge.key_prefix = format!("{db_name}:edge:");
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        config.edge.redis_url = url;
+    }
+    // Every test's calls come from 127.0.0.1; the tests of rate limits
+    // turn them on.
+    config.edge.rate_limits.anonymous_per_minute = 0;
+    config.edge.rate_limits.user_per_minute = 0;
+    config.edge.rate_limits.auth_per_minute = 0;
     config.users.private_key = Some(signing_pem.clone());
     config.database.url = url;
     config.database.max_connections = 5;
@@ -245,12 +254,39 @@ impl TestMesh {
         if let Some(task) = self.task.take() {
             task.await.expect("mesh task").expect("mesh stops cleanly");
         }
-        if let Ok(mut conn) = PgConnection::connect(&base_url()).await {
-            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db_name);
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut conn)
-                .await;
+        drop_database(&self.db_name).await;
+        self.db_name.clear();
+    }
+}
+
+async fn drop_database(name: &str) {
+    if let Ok(mut conn) = PgConnection::connect(&base_url()).await {
+        let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+/// A test that failed before `stop()` still leaves no database behind.
+impl Drop for TestMesh {
+    fn drop(&mut self) {
+        self.begin_stop();
+        if self.db_name.is_empty() {
+            return;
         }
+        let name = std::mem::take(&mut self.db_name);
+        // Drop runs inside the test's runtime, which cannot be blocked on;
+        // a thread of its own does the work.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(drop_database(&name));
+            }
+        })
+        .join();
     }
 }
 

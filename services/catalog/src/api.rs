@@ -471,10 +471,7 @@ impl CatalogApi for CatalogService {
             .reserve(&caller.user_id, key.as_deref(), &items, expires)
             .await?;
         if reservation.items != items {
-            return Err(CatalogError::FailedPrecondition(
-                "this idempotency key was already used for a different reservation".into(),
-            )
-            .into());
+            return Err(CatalogError::IdempotencyKeyReused.into());
         }
         for (product, _) in &items {
             self.cache.invalidate(*product).await;

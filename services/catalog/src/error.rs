@@ -1,6 +1,9 @@
 //! Every way a catalog call can fail, and its one mapping to a gRPC status.
 
-use tonic::Status;
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -20,6 +23,9 @@ pub enum CatalogError {
     /// reservation already committed…).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// An idempotency key came again with a different request.
+    #[error("this idempotency key was already used for a different request; use a new key")]
+    IdempotencyKeyReused,
     #[error("{0}")]
     PermissionDenied(&'static str),
     #[error("internal error")]
@@ -50,6 +56,15 @@ impl From<CatalogError> for Status {
             CatalogError::AlreadyExists(_) => Status::already_exists(message),
             CatalogError::StaleEtag { .. } => Status::aborted(message),
             CatalogError::FailedPrecondition(_) => Status::failed_precondition(message),
+            CatalogError::IdempotencyKeyReused => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_error_info(
+                    agora_kit::REASON_IDEMPOTENCY_KEY_REUSED,
+                    agora_kit::ERROR_DOMAIN,
+                    HashMap::new(),
+                ),
+            ),
             CatalogError::PermissionDenied(_) => Status::permission_denied(message),
             CatalogError::Internal(e) => {
                 tracing::error!(error = format!("{e:#}"), "catalog request failed");

@@ -28,6 +28,7 @@ use std::{net::SocketAddr, time::Duration};
 use agora_kit::{
     access::AccessPolicy,
     auth::AuthLayer,
+    balance::{self, Balanced},
     config::{ConfigError, Env},
     db::DatabaseConfig,
     jwks::RemoteAuthenticator,
@@ -37,7 +38,6 @@ use agora_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tonic::transport::Endpoint;
 
 use crate::{api::CatalogService, cache::ProductCache, store::Store};
 
@@ -71,7 +71,8 @@ pub struct CatalogConfig {
     #[serde(with = "agora_kit::config::millis")]
     pub sweep_interval: Duration,
     /// The users service, for public keys and API keys (`USER_SERVICE_URL`,
-    /// default `http://127.0.0.1:3001`).
+    /// default `http://127.0.0.1:3001`; a comma list or a DNS name with
+    /// several addresses balances over them).
     pub users_url: String,
     /// Expected `iss` of access tokens (`AGORA_JWT_ISSUER`, default `agora`).
     pub jwt_issuer: String,
@@ -114,12 +115,7 @@ impl CatalogConfig {
             fred::prelude::Config::from_url(&self.redis_url)
                 .map_err(|e| ConfigError::invalid("REDIS_URL", format!("not a Redis URL: {e}")))?;
         }
-        Endpoint::from_shared(self.users_url.clone()).map_err(|e| {
-            ConfigError::invalid(
-                "USER_SERVICE_URL",
-                format!("{:?} is not a valid URL: {e}", self.users_url),
-            )
-        })?;
+        Balanced::parse_urls(&self.users_url, "USER_SERVICE_URL")?;
         if self.reservation_ttl.is_zero() || self.reservation_ttl > Duration::from_secs(3600) {
             return Err(ConfigError::invalid(
                 "AGORA_RESERVATION_TTL_SECS",
@@ -177,9 +173,15 @@ impl CatalogComponent {
                 config.cache_ttl,
             )?
         };
-        let users = Endpoint::from_shared(config.users_url.clone())?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+        // The same balanced client stack as the edge's: every users replica,
+        // with failing ones ejected.
+        let users = Balanced::new(
+            "users",
+            &config.users_url,
+            "USER_SERVICE_URL",
+            balance::client_defaults,
+        )
+        .await?;
         let auth = AuthLayer::new(
             AccessPolicy::from_contracts()?,
             RemoteAuthenticator::new(Some(users), &config.jwt_issuer, &config.jwt_audience),

@@ -121,6 +121,7 @@ mod tests {
             credential: Credential::ApiKey {
                 key_id: "k1".into(),
                 permissions: permissions.iter().map(|p| p.to_string()).collect(),
+                rate_limit_per_minute: 0,
             },
         }
     }

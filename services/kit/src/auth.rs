@@ -48,10 +48,13 @@ pub struct AccessClaims {
 pub enum Credential {
     /// A verified access token.
     AccessToken,
-    /// An API key with its own permissions.
+    /// An API key with its own permissions and rate limit.
     ApiKey {
         key_id: String,
         permissions: Vec<String>,
+        /// Calls per minute the key may make; 0 means the edge's default
+        /// for signed-in users.
+        rate_limit_per_minute: u32,
     },
 }
 

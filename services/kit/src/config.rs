@@ -58,6 +58,14 @@ impl Env {
             .filter(|v| !v.is_empty())
     }
 
+    /// The names of every variable that is set, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.vars
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| k.as_str())
+    }
+
     /// Overrides `target` with `name` parsed as `T`, if `name` is set.
     pub fn parse_into<T>(&self, name: &str, target: &mut T) -> Result<(), ConfigError>
     where

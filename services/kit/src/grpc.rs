@@ -4,8 +4,7 @@
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::Routes;
+use tonic::{service::Routes, transport::server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{auth::AuthLayer, metrics::GrpcMetricsLayer, shutdown::Shutdown};
@@ -66,7 +65,12 @@ pub async fn serve(
         .layer(GrpcMetricsLayer)
         .layer(tower::util::option_layer(auth))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.stopping_owned())
+        // Without TCP_NODELAY, a response's small HTTP/2 frames wait for
+        // the peer's delayed ACK: about 40 ms on many calls.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.stopping_owned(),
+        )
         .await
         .context("gRPC server failed")
 }

@@ -18,7 +18,9 @@ use futures::future::BoxFuture;
 use http::HeaderMap;
 use jsonwebtoken::{DecodingKey, jwk::Jwk};
 use tokio::sync::{Mutex, RwLock};
-use tonic::{Status, transport::Channel};
+use tonic::Status;
+
+use crate::balance::Balanced;
 
 /// A refetch on an unknown key id happens at most this often, so garbage
 /// tokens cannot make the edge hammer the users service.
@@ -28,7 +30,7 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 pub struct RemoteAuthenticator {
-    users: Option<UsersServiceClient<Channel>>,
+    users: Option<UsersServiceClient<Balanced>>,
     keys: RwLock<VerifyingKeys>,
     /// When the next fetch may happen.
     next_fetch: Mutex<Option<Instant>>,
@@ -37,7 +39,7 @@ pub struct RemoteAuthenticator {
 }
 
 impl RemoteAuthenticator {
-    pub fn new(users: Option<Channel>, issuer: &str, audience: &str) -> Arc<Self> {
+    pub fn new(users: Option<Balanced>, issuer: &str, audience: &str) -> Arc<Self> {
         Arc::new(Self {
             users: users.map(UsersServiceClient::new),
             keys: RwLock::new(VerifyingKeys::new(issuer, audience)),
@@ -74,6 +76,7 @@ impl RemoteAuthenticator {
                     credential: Credential::ApiKey {
                         key_id: key.key_id,
                         permissions: key.permissions,
+                        rate_limit_per_minute: key.rate_limit_per_minute.max(0) as u32,
                     },
                 }))
             }

@@ -8,6 +8,9 @@
 //! - [`metrics`]: the process-wide Prometheus registry and the gRPC server
 //!   metrics layer.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/livez`, `/readyz`).
+//! - [`balance`]: a gRPC channel balanced over an upstream's endpoints,
+//!   with outlier ejection and DNS re-resolution.
+//! - [`breaker`]: a circuit breaker per upstream.
 //! - [`grpc`]: serving a tonic service with health, reflection and metrics.
 //! - [`shutdown`]: the drain/grace-period shutdown sequence.
 //! - [`access`]: the per-method access policy read from the contracts.
@@ -16,15 +19,27 @@
 //!   for components that do not own credentials.
 //! - [`outbox`]: appending events in the transaction of their change.
 //! - [`db`]: PostgreSQL pools, one schema per service.
+//! - [`redis`]: a Redis client that skips Redis at once while it is down.
 
 pub mod access;
 pub mod admin;
 pub mod auth;
+pub mod balance;
+pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod grpc;
 pub mod jwks;
 pub mod metrics;
 pub mod outbox;
+pub mod redis;
 pub mod shutdown;
 pub mod telemetry;
+
+/// The `google.rpc.ErrorInfo` domain of errors Agora's services report.
+pub const ERROR_DOMAIN: &str = "agora";
+
+/// The `google.rpc.ErrorInfo` reason of an idempotency key used again with
+/// a different request. The edge answers it with 422, as it answers such a
+/// key itself, so a client sees the same whichever layer caught it.
+pub const REASON_IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";

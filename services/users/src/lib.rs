@@ -247,6 +247,7 @@ impl Authenticator for UsersAuthenticator {
                         credential: Credential::ApiKey {
                             key_id: key.id.to_string(),
                             permissions: key.permissions,
+                            rate_limit_per_minute: key.rate_limit_per_minute.max(0) as u32,
                         },
                     }))
                 }

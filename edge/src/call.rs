@@ -1,0 +1,222 @@
+//! One unary call to an upstream, with the edge's resilience policy, in the
+//! order a call meets it:
+//!
+//! 1. load shedding: above the upstream's in-flight cap, 503 at once;
+//! 2. the circuit breaker: open, 503 at once with `Retry-After`;
+//! 3. attempts within the deadline (the upstream's timeout, or less when
+//!    the client asked), each on the balanced channel, which prefers another
+//!    endpoint than the previous attempt's;
+//! 4. retries: on UNAVAILABLE for idempotent methods, or for any method when
+//!    the call provably never reached the service, and on RESOURCE_EXHAUSTED
+//!    when the service says when to retry; with exponential backoff and
+//!    jitter, never past the deadline, and within the upstream's retry
+//!    budget;
+//! 5. the breaker hears the call's outcome once, after its retries.
+
+use std::time::{Duration, Instant};
+
+use agora_kit::{
+    balance::{AttemptHint, NotSent},
+    breaker::Admission,
+};
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use tonic::{Code, Status, metadata::MetadataMap};
+use tower::retry::budget::Budget as _;
+
+use crate::{
+    codec::RawCodec,
+    error::ApiError,
+    upstream::{Slot, Upstream},
+};
+
+/// The first retry's backoff ceiling; each further retry doubles it.
+const BASE_BACKOFF: Duration = Duration::from_millis(25);
+/// The largest backoff between attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(250);
+
+/// What to send.
+pub struct UnaryCall<'a> {
+    pub path: &'a PathAndQuery,
+    pub body: Bytes,
+    pub metadata: MetadataMap,
+    /// Whether sending it twice is safe.
+    pub idempotent: bool,
+    /// A deadline the client asked for (`grpc-timeout`), if any.
+    pub client_timeout: Option<Duration>,
+}
+
+/// Calls `upstream`; returns the encoded reply.
+pub async fn unary(upstream: &Upstream, call: UnaryCall<'_>) -> Result<Bytes, ApiError> {
+    let Some(_slot) = Slot::try_take(&upstream.in_flight, upstream.policy.max_in_flight) else {
+        metrics::counter!("agora_upstream_shed_total", "upstream" => upstream.name.to_string())
+            .increment(1);
+        return Err(ApiError::new(
+            Code::Unavailable,
+            format!(
+                "too many requests in flight to the {} service; try again shortly",
+                upstream.name
+            ),
+        )
+        .with_retry_after(Duration::from_secs(1)));
+    };
+    let permit = match upstream.breaker.admit() {
+        Admission::Allowed(permit) => permit,
+        Admission::Refused { retry_after } => {
+            return Err(ApiError::new(
+                Code::Unavailable,
+                format!(
+                    "the {} service is failing; the edge stopped calling it for now",
+                    upstream.name
+                ),
+            )
+            .with_retry_after(retry_after));
+        }
+    };
+
+    let timeout = match call.client_timeout {
+        Some(t) if t < upstream.policy.timeout => t,
+        _ => upstream.policy.timeout,
+    };
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let hint = AttemptHint::default();
+    upstream.budget.deposit();
+    let mut attempt = 0u32;
+    let outcome = loop {
+        let result = attempt_once(upstream, &call, deadline, &hint).await;
+        let status = match result {
+            Ok(reply) => break Ok(reply),
+            Err(status) => status,
+        };
+        let now = Instant::now();
+        let retryable = match status.code() {
+            Code::Unavailable => call.idempotent || NotSent::is_cause_of(&status),
+            Code::ResourceExhausted => call.idempotent && carries_retry_info(&status),
+            _ => false,
+        };
+        if !retryable || attempt >= upstream.policy.retries || now >= deadline {
+            break Err(status);
+        }
+        // Backoff with full jitter; a call that never left the edge goes
+        // at once to another endpoint.
+        let ceiling = (BASE_BACKOFF * 2u32.pow(attempt.min(8))).min(MAX_BACKOFF);
+        let backoff = if NotSent::is_cause_of(&status) && attempt == 0 {
+            Duration::ZERO
+        } else {
+            ceiling.mul_f64(fastrand::f64())
+        };
+        if now + backoff >= deadline || !upstream.budget.withdraw() {
+            break Err(status);
+        }
+        metrics::counter!("agora_upstream_retries_total", "upstream" => upstream.name.to_string())
+            .increment(1);
+        tokio::time::sleep(backoff).await;
+        attempt += 1;
+    };
+    metrics::histogram!("upstream_request_duration_seconds", "upstream" => upstream.name.to_string())
+        .record(started.elapsed().as_secs_f64());
+
+    match outcome {
+        Ok(reply) => {
+            permit.finish(true);
+            Ok(reply)
+        }
+        Err(status) => {
+            // A deadline the client shortened says nothing of the
+            // service's health.
+            let failure = match status.code() {
+                Code::Unavailable | Code::Internal | Code::Unknown | Code::DataLoss => true,
+                Code::DeadlineExceeded => call.client_timeout.is_none_or(|t| t >= timeout),
+                _ => false,
+            };
+            permit.finish(!failure);
+            Err(ApiError::from(status))
+        }
+    }
+}
+
+/// One attempt, bounded by what is left of the deadline.
+async fn attempt_once(
+    upstream: &Upstream,
+    call: &UnaryCall<'_>,
+    deadline: Instant,
+    hint: &AttemptHint,
+) -> Result<Bytes, Status> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(Status::deadline_exceeded(
+            "the service did not answer in time",
+        ));
+    }
+    let mut req = tonic::Request::new(call.body.clone());
+    *req.metadata_mut() = call.metadata.clone();
+    req.set_timeout(remaining);
+    req.extensions_mut().insert(hint.clone());
+    let mut client = tonic::client::Grpc::new(upstream.channel.clone());
+    // The deadline travels as grpc-timeout and also holds here, should the
+    // service not answer at all (a black-holed connection).
+    let attempt = async {
+        client.ready().await.map_err(|e| {
+            tracing::warn!(upstream = %upstream.name, error = %e, "upstream not ready");
+            Status::unavailable("the service is unavailable; try again later")
+        })?;
+        client.unary(req, call.path.clone(), RawCodec).await
+    };
+    match tokio::time::timeout(remaining, attempt).await {
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        // tonic servers report an expired grpc-timeout as CANCELLED; past
+        // the deadline, clients should see DEADLINE_EXCEEDED (504).
+        Ok(Err(s)) if s.code() == Code::Cancelled && Instant::now() >= deadline => Err(
+            Status::deadline_exceeded("the service did not answer in time"),
+        ),
+        Ok(Err(s)) => Err(s),
+        Err(_) => Err(Status::deadline_exceeded(
+            "the service did not answer in time",
+        )),
+    }
+}
+
+/// Whether a status carries a `google.rpc.RetryInfo` detail.
+fn carries_retry_info(status: &Status) -> bool {
+    const TYPE: &[u8] = b"type.googleapis.com/google.rpc.RetryInfo";
+    status.details().windows(TYPE.len()).any(|w| w == TYPE)
+}
+
+/// Parses a `grpc-timeout` value: up to eight digits and a unit (`H`, `M`,
+/// `S`, `m`, `u`, `n`), as the gRPC protocol writes it.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_protocol_writes_them() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5"), None);
+        assert_eq!(parse_grpc_timeout("-5m"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+    }
+}

@@ -1,0 +1,533 @@
+//! A gRPC client channel over every endpoint of one upstream.
+//!
+//! An upstream URL names one or more endpoints (`http://a:3002,http://b:3002`)
+//! or a DNS name with several addresses (a Kubernetes headless Service),
+//! which is resolved again every [`RESOLVE_EVERY`]. [`Balanced`] is a tower
+//! service that tonic clients use like a `Channel`:
+//!
+//! - each call goes to the less loaded of two healthy endpoints picked at
+//!   random (power of two choices on in-flight calls, as tower's `balance`);
+//! - an endpoint that fails [`EJECT_AFTER`] calls in a row at the connection
+//!   level (refused, reset, or answering UNAVAILABLE without a body) is
+//!   ejected for a while, doubling on each ejection up to [`MAX_EJECTION`],
+//!   then tried again (outlier detection). The last healthy endpoint is never
+//!   ejected: with one endpoint, the caller's circuit breaker alone decides;
+//! - a call that provably never reached the service (connection refused,
+//!   HTTP/2 REFUSED_STREAM or GOAWAY before the stream was processed) fails
+//!   with an UNAVAILABLE status whose source is [`NotSent`], so callers may
+//!   retry it whatever the method;
+//! - a retry can ask for another endpoint than its previous attempt with an
+//!   [`AttemptHint`] extension on the request.
+
+use std::{
+    collections::HashMap,
+    error::Error as StdError,
+    net::SocketAddr,
+    sync::{
+        Arc, LazyLock, RwLock,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use tonic::{
+    body::Body,
+    transport::{Channel, Endpoint},
+};
+use tower::{Service, ServiceExt as _};
+
+/// Consecutive connection-level failures that eject an endpoint.
+pub const EJECT_AFTER: u32 = 3;
+/// The first ejection's length; each further one doubles it.
+pub const BASE_EJECTION: Duration = Duration::from_secs(1);
+/// The longest ejection.
+pub const MAX_EJECTION: Duration = Duration::from_secs(30);
+/// How often DNS names are resolved again.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Connection options every Agora gRPC client uses: a short connect
+/// timeout, `TCP_NODELAY`, and HTTP/2 keep-alive pings so a silently dead
+/// peer is noticed.
+pub fn client_defaults(e: Endpoint) -> Endpoint {
+    e.connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true)
+}
+
+fn now_ms() -> u64 {
+    static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// The cause of a failed call that never reached the service. Found as the
+/// `source()` of the UNAVAILABLE status tonic reports for it.
+#[derive(Debug)]
+pub struct NotSent {
+    status: tonic::Status,
+}
+
+impl std::fmt::Display for NotSent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the call was not sent: {}", self.status.message())
+    }
+}
+
+impl StdError for NotSent {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        // tonic looks for a Status down the source chain and reports it,
+        // keeping this error as the Status's own source.
+        Some(&self.status)
+    }
+}
+
+impl NotSent {
+    /// Whether `status` reports a call that never reached the service.
+    pub fn is_cause_of(status: &tonic::Status) -> bool {
+        let mut source = status.source();
+        while let Some(e) = source {
+            if e.is::<NotSent>() {
+                return true;
+            }
+            source = e.source();
+        }
+        false
+    }
+}
+
+/// Set on a request (`tonic::Request::extensions_mut`) to learn which
+/// endpoint served it and, on the next attempt, to prefer another one.
+#[derive(Clone, Default)]
+pub struct AttemptHint(Arc<AtomicU64>);
+
+/// One address of an upstream, with its own lazily connected channel.
+struct EndpointState {
+    id: u64,
+    addr: SocketAddr,
+    channel: Channel,
+    in_flight: AtomicUsize,
+    failures: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until: AtomicU64,
+}
+
+impl EndpointState {
+    fn healthy(&self, now: u64) -> bool {
+        now >= self.ejected_until.load(Ordering::Relaxed)
+    }
+}
+
+/// One configured endpoint: `scheme://host:port`, resolved to addresses.
+#[derive(Debug, Clone)]
+struct Target {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+struct Inner {
+    /// The upstream's name, for logs and metrics.
+    name: String,
+    targets: Vec<Target>,
+    endpoints: RwLock<Arc<Vec<Arc<EndpointState>>>>,
+    configure: fn(Endpoint) -> Endpoint,
+}
+
+/// A load-balanced channel over every endpoint of one upstream.
+#[derive(Clone)]
+pub struct Balanced {
+    inner: Arc<Inner>,
+}
+
+impl Balanced {
+    /// Parses `urls` (a comma list of `http://host:port`), checking each,
+    /// without connecting. `setting` names the variable, for errors.
+    pub fn parse_urls(urls: &str, setting: &str) -> Result<(), crate::config::ConfigError> {
+        parse_targets(urls, setting).map(drop)
+    }
+
+    /// A channel over `urls`. Addresses written as IPs are used at once;
+    /// names are resolved now and every [`RESOLVE_EVERY`] in a background
+    /// task that ends when the last clone of the channel is dropped.
+    /// `configure` sets connection options on each endpoint.
+    pub async fn new(
+        name: &str,
+        urls: &str,
+        setting: &str,
+        configure: fn(Endpoint) -> Endpoint,
+    ) -> anyhow::Result<Self> {
+        let targets = parse_targets(urls, setting)?;
+        let inner = Arc::new(Inner {
+            name: name.to_owned(),
+            targets,
+            endpoints: RwLock::new(Arc::new(Vec::new())),
+            configure,
+        });
+        let needs_dns = inner.targets.iter().any(|t| t.host_ip().is_none());
+        inner.refresh().await;
+        if needs_dns {
+            let weak = Arc::downgrade(&inner);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(RESOLVE_EVERY);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.refresh().await;
+                }
+            });
+        }
+        Ok(Self { inner })
+    }
+
+    /// The addresses currently balanced over.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.inner.snapshot().iter().map(|e| e.addr).collect()
+    }
+
+    /// Addresses and whether each is currently ejected.
+    pub fn endpoint_health(&self) -> Vec<(SocketAddr, bool)> {
+        let now = now_ms();
+        self.inner
+            .snapshot()
+            .iter()
+            .map(|e| (e.addr, e.healthy(now)))
+            .collect()
+    }
+}
+
+impl Target {
+    fn host_ip(&self) -> Option<std::net::IpAddr> {
+        self.host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()
+    }
+}
+
+fn parse_targets(urls: &str, setting: &str) -> Result<Vec<Target>, crate::config::ConfigError> {
+    let invalid = |url: &str, why: &str| {
+        crate::config::ConfigError::invalid(setting, format!("{url:?} is not a valid URL: {why}"))
+    };
+    let mut out = Vec::new();
+    for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let uri: http::Uri = url.parse().map_err(|_| invalid(url, "cannot parse it"))?;
+        let scheme = match uri.scheme_str() {
+            Some(s @ ("http" | "https")) => s.to_owned(),
+            _ => return Err(invalid(url, "use http:// or https://")),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| invalid(url, "name a host"))?
+            .to_owned();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        out.push(Target { scheme, host, port });
+    }
+    if out.is_empty() {
+        return Err(crate::config::ConfigError::invalid(
+            setting,
+            "name at least one URL",
+        ));
+    }
+    Ok(out)
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Inner {
+    fn snapshot(&self) -> Arc<Vec<Arc<EndpointState>>> {
+        match self.endpoints.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Resolves every target and swaps in the new address set, keeping the
+    /// state (and connection) of addresses that stay. A failed lookup keeps
+    /// that target's current addresses: DNS trouble must not empty the set.
+    async fn refresh(&self) {
+        let current = self.snapshot();
+        let mut by_addr: HashMap<SocketAddr, Arc<EndpointState>> =
+            current.iter().map(|e| (e.addr, e.clone())).collect();
+        let mut next = Vec::new();
+        for target in &self.targets {
+            let addrs: Vec<SocketAddr> = match target.host_ip() {
+                Some(ip) => vec![SocketAddr::new(ip, target.port)],
+                None => match tokio::net::lookup_host((target.host.as_str(), target.port)).await {
+                    Ok(found) => found.collect(),
+                    Err(e) => {
+                        tracing::warn!(upstream = %self.name, host = %target.host, error = %e, "cannot resolve an upstream; keeping its known addresses");
+                        current
+                            .iter()
+                            .filter(|e| e.addr.port() == target.port)
+                            .map(|e| e.addr)
+                            .collect()
+                    }
+                },
+            };
+            for addr in addrs {
+                if next.iter().any(|e: &Arc<EndpointState>| e.addr == addr) {
+                    continue;
+                }
+                let state = match by_addr.remove(&addr) {
+                    Some(state) => state,
+                    None => match self.endpoint(target, addr) {
+                        Ok(state) => Arc::new(state),
+                        Err(e) => {
+                            tracing::warn!(upstream = %self.name, %addr, error = %e, "cannot use an upstream address");
+                            continue;
+                        }
+                    },
+                };
+                next.push(state);
+            }
+        }
+        let changed = next.len() != current.len()
+            || next.iter().zip(current.iter()).any(|(a, b)| a.id != b.id);
+        if changed {
+            tracing::info!(upstream = %self.name, endpoints = ?next.iter().map(|e| e.addr).collect::<Vec<_>>(), "upstream endpoints");
+            let next = Arc::new(next);
+            match self.endpoints.write() {
+                Ok(mut guard) => *guard = next,
+                Err(poisoned) => *poisoned.into_inner() = next,
+            }
+        }
+    }
+
+    fn endpoint(&self, target: &Target, addr: SocketAddr) -> anyhow::Result<EndpointState> {
+        let uri = format!("{}://{addr}", target.scheme);
+        // The :authority stays the configured host, as a client of the
+        // name (not of one address) would send it.
+        let origin: http::Uri = format!("{}://{}:{}", target.scheme, target.host, target.port)
+            .parse()
+            .map_err(|e| anyhow::anyhow!("bad origin: {e}"))?;
+        let endpoint = (self.configure)(Endpoint::from_shared(uri)?.origin(origin));
+        Ok(EndpointState {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            addr,
+            channel: endpoint.connect_lazy(),
+            in_flight: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+        })
+    }
+
+    /// Power of two choices among healthy endpoints, avoiding `avoid` when
+    /// another is available. With no healthy endpoint, all are candidates.
+    fn pick(&self, avoid: u64) -> Option<Arc<EndpointState>> {
+        let all = self.snapshot();
+        let now = now_ms();
+        let mut candidates: Vec<&Arc<EndpointState>> =
+            all.iter().filter(|e| e.healthy(now)).collect();
+        if candidates.is_empty() {
+            candidates = all.iter().collect();
+        }
+        if candidates.len() > 1 && avoid != 0 {
+            candidates.retain(|e| e.id != avoid);
+        }
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0].clone()),
+            n => {
+                let a = fastrand::usize(..n);
+                let mut b = fastrand::usize(..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (candidates[a], candidates[b]);
+                let load = |e: &EndpointState| e.in_flight.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a }.clone())
+            }
+        }
+    }
+
+    fn succeeded(&self, ep: &EndpointState) {
+        if ep.failures.load(Ordering::Relaxed) != 0 {
+            ep.failures.store(0, Ordering::Relaxed);
+        }
+        if ep.ejections.load(Ordering::Relaxed) != 0 {
+            ep.ejections.store(0, Ordering::Relaxed);
+            tracing::info!(upstream = %self.name, addr = %ep.addr, "upstream endpoint recovered");
+        }
+    }
+
+    fn failed(&self, ep: &EndpointState) {
+        let failures = ep.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < EJECT_AFTER {
+            return;
+        }
+        let now = now_ms();
+        let all = self.snapshot();
+        let others_healthy = all.iter().any(|e| e.id != ep.id && e.healthy(now));
+        if !others_healthy || !ep.healthy(now) {
+            return;
+        }
+        let n = ep.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let ejection = (BASE_EJECTION * 2u32.pow(n)).min(MAX_EJECTION);
+        ep.ejected_until
+            .store(now + ejection.as_millis() as u64, Ordering::Relaxed);
+        ep.failures.store(0, Ordering::Relaxed);
+        metrics::counter!("agora_upstream_ejections_total", "upstream" => self.name.clone())
+            .increment(1);
+        tracing::warn!(upstream = %self.name, addr = %ep.addr, ejection_ms = ejection.as_millis() as u64, "ejecting a failing upstream endpoint");
+    }
+}
+
+/// Whether an error from a channel proves the request never reached the
+/// service: the connection could not be made, or HTTP/2 refused the stream
+/// or announced GOAWAY before it was processed, or the connection closed
+/// before the request was written.
+fn never_sent(err: &(dyn StdError + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>()
+            && (h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away() && h2.is_remote()))
+        {
+            return true;
+        }
+        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
+            && hyper.is_canceled()
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A trailers-only answer of UNAVAILABLE: the server refused the call
+/// (it is draining or overloaded) without running it.
+fn refused_by_server(resp: &http::Response<Body>) -> bool {
+    resp.headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"14")
+}
+
+/// Decrements an endpoint's in-flight count however the call ends.
+struct InFlight(Arc<EndpointState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Service<http::Request<Body>> for Balanced {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is per endpoint, awaited inside the call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        let hint = req.extensions().get::<AttemptHint>().cloned();
+        let avoid = hint.as_ref().map_or(0, |h| h.0.load(Ordering::Relaxed));
+        Box::pin(async move {
+            let Some(ep) = inner.pick(avoid) else {
+                let status = tonic::Status::unavailable(format!(
+                    "the {} service has no known address",
+                    inner.name
+                ));
+                return Err(Box::new(NotSent { status }) as BoxError);
+            };
+            if let Some(hint) = &hint {
+                hint.0.store(ep.id, Ordering::Relaxed);
+            }
+            ep.in_flight.fetch_add(1, Ordering::Relaxed);
+            let _guard = InFlight(ep.clone());
+            match ep.channel.clone().oneshot(req).await {
+                Ok(resp) => {
+                    if refused_by_server(&resp) {
+                        inner.failed(&ep);
+                    } else {
+                        inner.succeeded(&ep);
+                    }
+                    Ok(resp)
+                }
+                Err(e) => {
+                    inner.failed(&ep);
+                    let e: BoxError = e.into();
+                    if never_sent(&*e) {
+                        let status = tonic::Status::unavailable(format!(
+                            "cannot reach the {} service at {}: {e}",
+                            inner.name, ep.addr
+                        ));
+                        Err(Box::new(NotSent { status }) as BoxError)
+                    } else {
+                        Err(e)
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_a_comma_list_and_errors_name_the_setting() {
+        let targets =
+            parse_targets("http://10.0.0.1:3002, http://catalog:3002", "X_URL").expect("valid");
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[1].host, "catalog");
+        assert_eq!(targets[1].port, 3002);
+        let err = parse_targets("ftp://a", "X_URL").expect_err("bad scheme");
+        assert!(err.to_string().contains("X_URL"), "{err}");
+        assert!(parse_targets(" , ", "X_URL").is_err());
+    }
+
+    #[tokio::test]
+    async fn picks_spread_over_endpoints_and_skip_ejected_ones() {
+        let b = Balanced::new(
+            "test",
+            "http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3",
+            "X",
+            |e| e,
+        )
+        .await
+        .expect("builds");
+        let all = b.inner.snapshot();
+        assert_eq!(all.len(), 3);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            seen.insert(b.inner.pick(0).expect("one").addr);
+        }
+        assert_eq!(seen.len(), 3, "every endpoint takes calls");
+
+        for _ in 0..EJECT_AFTER {
+            b.inner.failed(&all[0]);
+        }
+        for _ in 0..200 {
+            assert_ne!(b.inner.pick(0).expect("one").addr, all[0].addr);
+        }
+        // Never the last healthy one.
+        for _ in 0..EJECT_AFTER {
+            b.inner.failed(&all[1]);
+        }
+        for _ in 0..EJECT_AFTER {
+            b.inner.failed(&all[2]);
+        }
+        assert!(all[2].healthy(now_ms()), "the last healthy endpoint stays");
+        // A retry avoids the endpoint of its previous attempt.
+        let only = b.inner.pick(all[2].id).expect("one");
+        assert_eq!(only.addr, all[2].addr, "no other healthy choice");
+    }
+}
