@@ -4,60 +4,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{PASSWORD, TestMesh, spawn_mesh, spawn_mesh_with};
+use common::{TestMesh, category, product, spawn_mesh, spawn_mesh_with, staff};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
-
-/// A staff member: registered, promoted by an admin, logged in again.
-async fn staff(mesh: &TestMesh) -> String {
-    let email = format!("staff-{}@example.com", uuid::Uuid::new_v4().simple());
-    let user = mesh.register(&email).await;
-    let (_, admin) = mesh.admin().await;
-    let r = mesh
-        .call(
-            Method::PUT,
-            &format!("/api/v1/users/{}/roles", user["id"].as_str().expect("id")),
-            Some(&admin),
-            json!({"roles": ["ROLE_STAFF"]}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    mesh.login(&email, PASSWORD).await.0
-}
-
-async fn category(mesh: &TestMesh, token: &str, slug: &str, parent: Option<&str>) -> String {
-    let r = mesh
-        .post(
-            "/api/v1/categories",
-            Some(token),
-            json!({"slug": slug, "name": slug, "parentId": parent.unwrap_or("")}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    r.body["id"].as_str().expect("id").to_owned()
-}
-
-async fn product(
-    mesh: &TestMesh,
-    token: &str,
-    sku: &str,
-    name: &str,
-    cat: &str,
-    price: i64,
-    stock: i32,
-) -> Value {
-    let r = mesh
-        .post(
-            &format!("/api/v1/products?initialStock={stock}"),
-            Some(token),
-            json!({"sku": sku, "name": name, "description": format!("About the {name}"), "categoryId": cat,
-                   "price": {"currency": "EUR", "amountMinor": price.to_string()}}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    r.body
-}
 
 fn names(body: &Value) -> Vec<String> {
     body["products"]

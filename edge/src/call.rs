@@ -6,8 +6,9 @@
 //! 3. attempts within the deadline (the upstream's timeout, or less when
 //!    the client asked), each on the balanced channel, which prefers another
 //!    endpoint than the previous attempt's;
-//! 4. retries: on UNAVAILABLE for idempotent methods, or for any method when
-//!    the call provably never reached the service, and on RESOURCE_EXHAUSTED
+//! 4. retries: on UNAVAILABLE or a broken connection for idempotent
+//!    methods, or for any method when the call provably never reached the
+//!    service, and on RESOURCE_EXHAUSTED
 //!    when the service says when to retry; with exponential backoff and
 //!    jitter, never past the deadline, and within the upstream's retry
 //!    budget;
@@ -16,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use agora_kit::{
-    balance::{AttemptHint, NotSent},
+    balance::{AttemptHint, NotSent, is_transport_failure},
     breaker::Admission,
 };
 use bytes::Bytes;
@@ -90,11 +91,11 @@ pub async fn unary(upstream: &Upstream, call: UnaryCall<'_>) -> Result<Bytes, Ap
             Err(status) => status,
         };
         let now = Instant::now();
-        let retryable = match status.code() {
-            Code::Unavailable => call.idempotent || NotSent::is_cause_of(&status),
-            Code::ResourceExhausted => call.idempotent && carries_retry_info(&status),
-            _ => false,
-        };
+        let retryable = NotSent::is_cause_of(&status)
+            || (call.idempotent
+                && (status.code() == Code::Unavailable
+                    || is_transport_failure(&status)
+                    || (status.code() == Code::ResourceExhausted && carries_retry_info(&status))));
         if !retryable || attempt >= upstream.policy.retries || now >= deadline {
             break Err(status);
         }
@@ -125,11 +126,12 @@ pub async fn unary(upstream: &Upstream, call: UnaryCall<'_>) -> Result<Bytes, Ap
         Err(status) => {
             // A deadline the client shortened says nothing of the
             // service's health.
-            let failure = match status.code() {
-                Code::Unavailable | Code::Internal | Code::Unknown | Code::DataLoss => true,
-                Code::DeadlineExceeded => call.client_timeout.is_none_or(|t| t >= timeout),
-                _ => false,
-            };
+            let failure = is_transport_failure(&status)
+                || match status.code() {
+                    Code::Unavailable | Code::Internal | Code::Unknown | Code::DataLoss => true,
+                    Code::DeadlineExceeded => call.client_timeout.is_none_or(|t| t >= timeout),
+                    _ => false,
+                };
             permit.finish(!failure);
             Err(ApiError::from(status))
         }
@@ -181,42 +183,4 @@ async fn attempt_once(
 fn carries_retry_info(status: &Status) -> bool {
     const TYPE: &[u8] = b"type.googleapis.com/google.rpc.RetryInfo";
     status.details().windows(TYPE.len()).any(|w| w == TYPE)
-}
-
-/// Parses a `grpc-timeout` value: up to eight digits and a unit (`H`, `M`,
-/// `S`, `m`, `u`, `n`), as the gRPC protocol writes it.
-pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_parse_as_the_protocol_writes_them() {
-        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("5"), None);
-        assert_eq!(parse_grpc_timeout("-5m"), None);
-        assert_eq!(parse_grpc_timeout("123456789S"), None);
-        assert_eq!(parse_grpc_timeout("10x"), None);
-    }
 }

@@ -31,6 +31,7 @@ pub struct ServiceHealth {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EndpointHealth {
     pub address: String,
     pub in_rotation: bool,

@@ -109,7 +109,7 @@ async fn call(
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .and_then(call::parse_grpc_timeout)
+                .and_then(agora_kit::deadline::parse_grpc_timeout)
                 .ok_or_else(|| {
                     ApiError::bad_request(
                         "grpc-timeout: must be up to 8 digits and a unit (H, M, S, m, u, n), like 100m",

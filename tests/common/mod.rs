@@ -11,7 +11,7 @@ use agora::{
 };
 use agora_kit::db::DatabaseConfig;
 use aws_lc_rs::signature::Ed25519KeyPair;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -28,6 +28,9 @@ pub struct TestMesh {
     /// The PKCS#8 PEM the users service signs with (tests forge tokens with it).
     pub signing_pem: String,
     pub http: reqwest::Client,
+    /// The configuration the mesh was built from (before the module table
+    /// rewrote addresses), for further replicas.
+    pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -78,6 +81,7 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
     config.shutdown.grace_period = Duration::from_secs(5);
     adjust(&mut config);
     let database = config.database.clone();
+    let base = config.clone();
 
     let app = App::build(config, &"all".parse::<Targets>().expect("targets"))
         .await
@@ -99,8 +103,94 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
         db_name,
         signing_pem,
         http: reqwest::Client::new(),
+        config: base,
         stop: Some(tx),
         task: Some(task),
+    }
+}
+
+/// Another `agora` process of the same mesh (same database, signing key
+/// and Redis prefixes), running some targets: a second catalog replica, a
+/// second edge. Dropping it kills it.
+pub struct Replica {
+    /// The listen address of the first target named.
+    pub addr: SocketAddr,
+    pub admin: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestMesh {
+    /// Starts `targets` as another process would, from the mesh's
+    /// configuration adjusted by `adjust`.
+    pub async fn spawn(&self, targets: &str, adjust: impl FnOnce(&mut Config)) -> Replica {
+        let mut config = self.config.clone();
+        config.database.migrate_on_start = false;
+        // By default it reaches the mesh's own services.
+        let users = format!("http://{}", self.users_addr);
+        config.catalog.users_url = users.clone();
+        for (name, url) in [
+            ("users", users),
+            ("catalog", format!("http://{}", self.catalog_addr)),
+        ] {
+            if let Some(policy) = config.edge.upstreams.0.get_mut(name) {
+                policy.url = url;
+            }
+        }
+        adjust(&mut config);
+        let targets: Targets = targets.parse().expect("targets");
+        let first = targets.0[0];
+        let app = App::build(config, &targets).await.expect("replica builds");
+        let addr = app.addr(first).expect("addr");
+        let admin = format!("http://{}", app.admin_addr().expect("admin addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        Replica {
+            addr,
+            admin,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+}
+
+impl Replica {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `http://addr`, as a gRPC URL.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Ends the process at once, as a crash or SIGKILL would: listeners
+    /// close and connections drop mid-call.
+    pub fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Stops as on SIGTERM (NOT_SERVING, drain delay, in-flight calls
+    /// finish) and waits until it has.
+    pub async fn terminate(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("replica task")
+                .expect("replica stops cleanly");
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -290,6 +380,58 @@ impl Drop for TestMesh {
     }
 }
 
+// === catalog helpers ===
+
+/// A staff member: registered, promoted by an admin, logged in again.
+pub async fn staff(mesh: &TestMesh) -> String {
+    let email = format!("staff-{}@example.com", uuid::Uuid::new_v4().simple());
+    let user = mesh.register(&email).await;
+    let (_, admin) = mesh.admin().await;
+    let r = mesh
+        .call(
+            Method::PUT,
+            &format!("/api/v1/users/{}/roles", user["id"].as_str().expect("id")),
+            Some(&admin),
+            json!({"roles": ["ROLE_STAFF"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    mesh.login(&email, PASSWORD).await.0
+}
+
+pub async fn category(mesh: &TestMesh, token: &str, slug: &str, parent: Option<&str>) -> String {
+    let r = mesh
+        .post(
+            "/api/v1/categories",
+            Some(token),
+            json!({"slug": slug, "name": slug, "parentId": parent.unwrap_or("")}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    r.body["id"].as_str().expect("id").to_owned()
+}
+
+pub async fn product(
+    mesh: &TestMesh,
+    token: &str,
+    sku: &str,
+    name: &str,
+    cat: &str,
+    price: i64,
+    stock: i32,
+) -> Value {
+    let r = mesh
+        .post(
+            &format!("/api/v1/products?initialStock={stock}"),
+            Some(token),
+            json!({"sku": sku, "name": name, "description": format!("About the {name}"), "categoryId": cat,
+                   "price": {"currency": "EUR", "amountMinor": price.to_string()}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    r.body
+}
+
 /// The services a gRPC server lists through server reflection (v1), as
 /// `grpcurl list` shows them.
 pub async fn reflected_services(channel: tonic::transport::Channel) -> Vec<String> {
@@ -312,4 +454,166 @@ pub async fn reflected_services(channel: tonic::transport::Channel) -> Vec<Strin
         panic!("unexpected reflection reply")
     };
     list.service.into_iter().map(|s| s.name).collect()
+}
+
+// === real processes ===
+
+/// A free local port (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// An `agora serve` OS process of the mesh, for what only a real process
+/// shows: SIGKILL drops every connection, SIGTERM runs the real drain.
+pub struct AgoraProcess {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl TestMesh {
+    /// Starts `agora serve --target <target>` listening on `port`, against
+    /// the mesh's database, users service and Redis prefix, and waits until
+    /// its gRPC health says SERVING. `env` adds or overrides variables.
+    pub async fn spawn_process(
+        &self,
+        target: &str,
+        port: u16,
+        env: &[(&str, &str)],
+    ) -> AgoraProcess {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let addr_var = format!("AGORA_{}_ADDR", target.to_uppercase());
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agora"));
+        cmd.args(["serve", "--target", target])
+            .env("DATABASE_URL", &self.database.url)
+            .env("AGORA_DATABASE_MIGRATE_ON_START", "false")
+            .env(&addr_var, addr.to_string())
+            .env("AGORA_ADMIN_ADDR", "127.0.0.1:0")
+            .env("USER_SERVICE_URL", format!("http://{}", self.users_addr))
+            .env(
+                "AGORA_CACHE_KEY_PREFIX",
+                &self.config.catalog.cache_key_prefix,
+            )
+            .env("AGORA_SHUTDOWN_DRAIN_MS", "0")
+            .env("AGORA_LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("agora starts");
+        let process = AgoraProcess { addr, child };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("url")
+                .connect()
+                .await
+            {
+                let serving = tonic_health::pb::health_client::HealthClient::new(channel)
+                    .check(tonic_health::pb::HealthCheckRequest::default())
+                    .await
+                    .is_ok_and(|r| r.get_ref().status == 1);
+                if serving {
+                    return process;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agora --target {target} did not start serving on {addr}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl AgoraProcess {
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {sig} failed");
+    }
+
+    /// SIGKILL: every connection drops at once, mid-call.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns whether it
+    /// exited successfully.
+    pub async fn terminate(mut self) -> bool {
+        self.signal("-TERM");
+        let mut child = std::mem::replace(
+            &mut self.child,
+            std::process::Command::new("true").spawn().expect("true"),
+        );
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for AgoraProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `request` from `workers` concurrent loops until `stop` is set;
+/// returns each answer's status with its body when it failed.
+pub async fn load<F, Fut>(
+    workers: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    request: F,
+) -> Vec<(u16, String)>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = (u16, String)> + Send,
+{
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (stop, request) = (stop.clone(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                out.push(request(w * 1_000_000 + i).await);
+                i += 1;
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("worker"));
+    }
+    all
+}
+
+/// The value of one Prometheus series (`name{labels}` as exported) on an
+/// admin server, 0 when it is not exported yet.
+pub async fn metric(http: &reqwest::Client, admin: &str, series: &str) -> f64 {
+    let text = http
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series))
+        .filter_map(|rest| rest.trim().parse::<f64>().ok())
+        .sum()
 }

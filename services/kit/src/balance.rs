@@ -99,6 +99,17 @@ impl NotSent {
     }
 }
 
+/// Whether `status` was made by the client from a broken connection rather
+/// than sent by the service (statuses read from a response carry no
+/// source). An idempotent call may be sent again after one.
+pub fn is_transport_failure(status: &tonic::Status) -> bool {
+    status.source().is_some()
+        && !matches!(
+            status.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        )
+}
+
 /// Set on a request (`tonic::Request::extensions_mut`) to learn which
 /// endpoint served it and, on the next attempt, to prefer another one.
 #[derive(Clone, Default)]
@@ -320,18 +331,22 @@ impl Inner {
         })
     }
 
-    /// Power of two choices among healthy endpoints, avoiding `avoid` when
-    /// another is available. With no healthy endpoint, all are candidates.
+    /// Power of two choices among healthy endpoints other than `avoid`
+    /// (the previous attempt's). Failing that, among the other endpoints
+    /// even if ejected: a retry is better sent to an endpoint that may have
+    /// come back than to the one that just failed. Failing that, `avoid`.
     fn pick(&self, avoid: u64) -> Option<Arc<EndpointState>> {
         let all = self.snapshot();
         let now = now_ms();
-        let mut candidates: Vec<&Arc<EndpointState>> =
-            all.iter().filter(|e| e.healthy(now)).collect();
+        let mut candidates: Vec<&Arc<EndpointState>> = all
+            .iter()
+            .filter(|e| e.id != avoid && e.healthy(now))
+            .collect();
+        if candidates.is_empty() {
+            candidates = all.iter().filter(|e| e.id != avoid).collect();
+        }
         if candidates.is_empty() {
             candidates = all.iter().collect();
-        }
-        if candidates.len() > 1 && avoid != 0 {
-            candidates.retain(|e| e.id != avoid);
         }
         match candidates.len() {
             0 => None,
@@ -526,8 +541,12 @@ mod tests {
             b.inner.failed(&all[2]);
         }
         assert!(all[2].healthy(now_ms()), "the last healthy endpoint stays");
-        // A retry avoids the endpoint of its previous attempt.
-        let only = b.inner.pick(all[2].id).expect("one");
-        assert_eq!(only.addr, all[2].addr, "no other healthy choice");
+        for _ in 0..50 {
+            assert_eq!(b.inner.pick(0).expect("one").addr, all[2].addr);
+        }
+        // A retry avoids the endpoint of its previous attempt, trying an
+        // ejected one rather than the one that just failed.
+        let retry = b.inner.pick(all[2].id).expect("one");
+        assert_ne!(retry.addr, all[2].addr);
     }
 }

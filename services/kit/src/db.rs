@@ -119,6 +119,27 @@ pub async fn connect(config: &DatabaseConfig, schema: &str) -> anyhow::Result<Pg
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
+        // Each statement gets what is left of the served call's deadline
+        // as its timeout, so PostgreSQL stops work whose caller gave up
+        // (dropping a query's future alone leaves it running). Setting it
+        // also proves the connection alive, the job of the default
+        // ping-before-acquire it replaces. Pool connections without a
+        // deadline (background jobs) get the server's default back.
+        .test_before_acquire(false)
+        .before_acquire(|conn, _meta| {
+            Box::pin(async move {
+                let sql = match crate::deadline::remaining() {
+                    Some(left) => format!(
+                        "SET statement_timeout = {}",
+                        left.as_millis().clamp(1, i32::MAX as u128)
+                    ),
+                    None => "RESET statement_timeout".to_owned(),
+                };
+                conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)))
+                    .await?;
+                Ok(true)
+            })
+        })
         // `public` stays reachable for extensions installed there by others.
         .connect_with(base.options([("search_path", format!("{schema},public"))]))
         .await

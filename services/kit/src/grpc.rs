@@ -7,7 +7,9 @@ use tokio::net::TcpListener;
 use tonic::{service::Routes, transport::server::TcpIncoming};
 use tonic_health::ServingStatus;
 
-use crate::{auth::AuthLayer, metrics::GrpcMetricsLayer, shutdown::Shutdown};
+use crate::{
+    auth::AuthLayer, deadline::DeadlineLayer, metrics::GrpcMetricsLayer, shutdown::Shutdown,
+};
 
 /// Serves `routes` on `listener` until `shutdown` stops, reporting each of
 /// `service_names` (and the overall "" service) SERVING until draining starts.
@@ -62,6 +64,8 @@ pub async fn serve(
     });
 
     tonic::transport::Server::builder()
+        // Outermost, so the handler and everything it calls know the deadline.
+        .layer(DeadlineLayer)
         .layer(GrpcMetricsLayer)
         .layer(tower::util::option_layer(auth))
         .add_routes(routes)

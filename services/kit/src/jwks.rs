@@ -63,11 +63,16 @@ impl RemoteAuthenticator {
                         "API keys cannot be checked: no users service configured",
                     ));
                 };
+                let mut request = tonic::Request::new(AuthenticateApiKeyRequest {
+                    secret: secret.to_owned(),
+                });
+                // Inside a served call, the check gets what is left of it.
+                if let Some(left) = crate::deadline::remaining() {
+                    request.set_timeout(left);
+                }
                 let key = users
                     .clone()
-                    .authenticate_api_key(AuthenticateApiKeyRequest {
-                        secret: secret.to_owned(),
-                    })
+                    .authenticate_api_key(request)
                     .await?
                     .into_inner();
                 Ok(Some(Caller {

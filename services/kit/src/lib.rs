@@ -18,6 +18,7 @@
 //! - [`jwks`]: authentication against the users service (JWKS, API keys)
 //!   for components that do not own credentials.
 //! - [`outbox`]: appending events in the transaction of their change.
+//! - [`deadline`]: the served call's deadline, for the work it causes.
 //! - [`db`]: PostgreSQL pools, one schema per service.
 //! - [`redis`]: a Redis client that skips Redis at once while it is down.
 
@@ -28,6 +29,7 @@ pub mod balance;
 pub mod breaker;
 pub mod config;
 pub mod db;
+pub mod deadline;
 pub mod grpc;
 pub mod jwks;
 pub mod metrics;
