@@ -32,7 +32,7 @@ pub mod upstream;
 use std::{
     net::SocketAddr,
     sync::{Arc, atomic::AtomicUsize},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use agora_kit::{
@@ -223,11 +223,13 @@ impl EdgeComponent {
         let redis = if self.config.redis_url.is_empty() {
             None
         } else {
-            Some(SharedRedis::connect(
+            let redis = SharedRedis::connect(
                 &self.config.redis_url,
                 "REDIS_URL",
                 "edge rate limits and idempotency",
-            )?)
+            )?;
+            redis.wait_connected(Duration::from_secs(2)).await;
+            Some(redis)
         };
         let auth = RemoteAuthenticator::new(
             upstreams

@@ -73,6 +73,23 @@ impl SharedRedis {
         }))
     }
 
+    /// Waits up to `max` for the first connection, so that a component
+    /// starting next to a healthy Redis uses it from its first request (a
+    /// shared rate limit must not begin with each replica's local one).
+    /// Returns whether Redis is connected.
+    pub async fn wait_connected(&self, max: Duration) -> bool {
+        let connected = tokio::time::timeout(max, self.client.wait_for_connect())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !connected {
+            tracing::warn!(
+                purpose = self.purpose,
+                "Redis is not reachable yet; using the fallback until it is"
+            );
+        }
+        connected
+    }
+
     /// The client, or `None` while Redis is known to be unreachable.
     pub fn client(&self) -> Option<&Client> {
         if now_ms() < self.skip_until.load(Ordering::Relaxed) || !self.client.is_connected() {
