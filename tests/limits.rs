@@ -320,3 +320,34 @@ async fn without_the_edge_records_the_catalog_answers_a_reused_key_the_same_way(
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_login_flood_is_answered_429_not_queued_without_bound() {
+    let mesh = spawn_mesh().await;
+    mesh.register("flood@example.com").await;
+    // Far more sign-ins than the cores can hash within the wait.
+    let attempts = (0..200).map(|i| {
+        send(
+            mesh.http
+                .post(mesh.url("/api/v1/auth/login"))
+                .json(&json!({"email": "flood@example.com", "password": format!("guess {i}")})),
+        )
+    });
+    let answers = futures::future::join_all(attempts).await;
+    let mut refused = 0;
+    for (status, headers, body) in &answers {
+        match *status {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert!(header(headers, "retry-after") >= 1, "{body}");
+                assert_eq!(body["code"], 8);
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(refused > 0, "some sign-ins were refused rather than queued");
+    let (access, _) = mesh.login("flood@example.com", PASSWORD).await;
+    assert!(!access.is_empty(), "after the flood, sign-in works again");
+    mesh.stop().await;
+}

@@ -93,6 +93,10 @@ impl From<tonic::Status> for ApiError {
         {
             error.status = Some(StatusCode::UNPROCESSABLE_ENTITY);
         }
+        // A service that says when to retry is passed on as Retry-After.
+        if let Some(delay) = s.get_details_retry_info().and_then(|r| r.retry_delay) {
+            error.retry_after = Some(delay);
+        }
         error
     }
 }

@@ -207,9 +207,7 @@ impl UsersApi for UsersService {
         let email = Email::parse(&req.email)?;
         let name = DisplayName::parse("display_name", &req.display_name)?;
         let password = NewPassword::parse("password", req.password)?;
-        let hash = secrets::hash_password(password.expose().to_owned())
-            .await
-            .map_err(UsersError::from)?;
+        let hash = secrets::hash_password(password.expose().to_owned()).await?;
         let user = self
             .store
             .create_user(
@@ -237,9 +235,7 @@ impl UsersApi for UsersService {
             Some(u) => (u.password_hash.clone(), Some(u)),
             None => (self.decoy_hash.to_string(), None),
         };
-        let ok = secrets::verify_password(req.password, hash)
-            .await
-            .map_err(UsersError::from)?;
+        let ok = secrets::verify_password(req.password, hash).await?;
         let user = match user {
             Some(u) if ok => u,
             _ => return Err(UsersError::InvalidCredentials.into()),
@@ -511,9 +507,7 @@ impl UsersApi for UsersService {
             return Err(UsersError::invalid("token", "is required").into());
         }
         let password = NewPassword::parse("new_password", req.new_password)?;
-        let hash = secrets::hash_password(password.expose().to_owned())
-            .await
-            .map_err(UsersError::from)?;
+        let hash = secrets::hash_password(password.expose().to_owned()).await?;
         if !self
             .store
             .reset_password(&secrets::digest(&req.token), &hash)

@@ -1,6 +1,9 @@
 //! Every way a users call can fail, and its one mapping to a gRPC status.
 
-use tonic::Status;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
@@ -21,6 +24,9 @@ pub enum UsersError {
     NotFound(&'static str),
     #[error("{0}")]
     PermissionDenied(&'static str),
+    /// Every password-hashing slot stayed busy (a sign-in flood).
+    #[error("too many sign-ins are in progress; retry in a moment")]
+    Busy,
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -51,6 +57,11 @@ impl From<UsersError> for Status {
             | UsersError::InvalidToken(_) => Status::unauthenticated(message),
             UsersError::NotFound(_) => Status::not_found(message),
             UsersError::PermissionDenied(_) => Status::permission_denied(message),
+            UsersError::Busy => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
+            ),
             UsersError::Internal(e) => {
                 // The cause chain goes to the log only; clients learn nothing internal.
                 tracing::error!(error = format!("{e:#}"), "users request failed");
