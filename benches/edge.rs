@@ -37,7 +37,9 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A child process killed when dropped.
@@ -74,7 +76,12 @@ async fn wait_healthy(http: &reqwest::Client, edge: &str) -> anyhow::Result<()> 
     }
 }
 
-async fn post(http: &reqwest::Client, url: &str, token: Option<&str>, body: Value) -> anyhow::Result<Value> {
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: Value,
+) -> anyhow::Result<Value> {
     let mut req = http.post(url).json(&body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -120,7 +127,11 @@ fn h2load(args: &[String], log: &Path) -> anyhow::Result<Run> {
     let ok = counts
         .split(", ")
         .find(|p| p.ends_with("2xx"))
-        .and_then(|p| p.trim_start_matches("status codes: ").split_whitespace().next())
+        .and_then(|p| {
+            p.trim_start_matches("status codes: ")
+                .split_whitespace()
+                .next()
+        })
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     // Log lines: start time (µs), status, request time (µs).
@@ -252,7 +263,14 @@ async fn main() -> anyhow::Result<()> {
         a.push(url.to_owned());
         a
     };
-    let peak = strs(&["-n", &requests.to_string(), "-c", &clients.to_string(), "-t", "1"]);
+    let peak = strs(&[
+        "-n",
+        &requests.to_string(),
+        "-c",
+        &clients.to_string(),
+        "-t",
+        "1",
+    ]);
 
     // Warm both paths (connections, cache, JIT of nothing but the OS).
     let warm = strs(&["-n", "2000", "-c", "4", "-t", "1"]);
@@ -288,13 +306,19 @@ async fn main() -> anyhow::Result<()> {
         .env("AGORA_ADMIN_ADDR", "127.0.0.1:0")
         .env("AGORA_EDGE_RATE_LIMIT_ANONYMOUS_PER_MINUTE", "1000000000")
         .env("USER_SERVICE_URL", format!("http://127.0.0.1:{users_port}"))
-        .env("PRODUCT_SERVICE_URL", format!("http://127.0.0.1:{catalog_port}"));
+        .env(
+            "PRODUCT_SERVICE_URL",
+            format!("http://127.0.0.1:{catalog_port}"),
+        );
     let _limited = Process(limited.spawn()?);
     let limited_edge = format!("http://127.0.0.1:{limited_port}");
     wait_healthy(&http, &limited_edge).await?;
     let limited_url = format!("{limited_edge}/api/v1/products/{id}");
     h2load(&rest_args(&limited_url, &warm), &dir.join("warm.log"))?;
-    let rest_limited = h2load(&rest_args(&limited_url, &peak), &dir.join("rest-limited.log"))?;
+    let rest_limited = h2load(
+        &rest_args(&limited_url, &peak),
+        &dir.join("rest-limited.log"),
+    )?;
 
     println!(
         "GetProduct, {requests} requests, {clients} concurrent (h2load; REST over HTTP/1.1 keep-alive, gRPC over h2)"

@@ -10,6 +10,12 @@ use agora_kit::config::Env;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the request path allocates many small, short-lived buffers
+/// across threads, where glibc's allocator spent a tenth of the edge's CPU
+/// (measured with `cargo bench --bench edge`; see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "agora",

@@ -115,8 +115,7 @@ pub async fn unary(upstream: &Upstream, call: UnaryCall<'_>) -> Result<Bytes, Ap
         tokio::time::sleep(backoff).await;
         attempt += 1;
     };
-    metrics::histogram!("upstream_request_duration_seconds", "upstream" => upstream.name.to_string())
-        .record(started.elapsed().as_secs_f64());
+    upstream.latency.record(started.elapsed().as_secs_f64());
 
     match outcome {
         Ok(reply) => {

@@ -1,7 +1,10 @@
 //! `GET /health`: the gRPC health of every configured upstream, checked
 //! concurrently with a short timeout.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{Json, extract::State, http::StatusCode};
 use chrono::{SecondsFormat, Utc};
@@ -45,7 +48,7 @@ pub struct Health {
     pub services: Vec<ServiceHealth>,
 }
 
-pub async fn health(State(state): State<EdgeState>) -> (StatusCode, Json<Health>) {
+pub async fn health(State(state): State<Arc<EdgeState>>) -> (StatusCode, Json<Health>) {
     let mut services = join_all(state.upstreams.iter().map(|u| check(u))).await;
     services.sort_by(|a, b| a.name.cmp(&b.name));
     let healthy = services.iter().filter(|s| s.status == "healthy").count();

@@ -31,13 +31,14 @@ pub mod upstream;
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, atomic::AtomicUsize},
+    sync::{Arc, LazyLock, atomic::AtomicUsize},
     time::{Duration, Instant},
 };
 
 use agora_kit::{
     config::{ConfigError, Env},
     jwks::RemoteAuthenticator,
+    metrics::HandleCache,
     redis::SharedRedis,
     shutdown::Shutdown,
 };
@@ -50,7 +51,8 @@ use axum::{
     routing::get,
     serve::ListenerExt as _,
 };
-use http::Method;
+use http::{Method, StatusCode};
+use metrics::{Counter, Histogram};
 use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -276,7 +278,8 @@ pub fn router(state: EdgeState, cors: Option<CorsLayer>) -> Router {
         .route("/health", get(health::health))
         .route("/api/v1/openapi.json", get(openapi_json))
         .fallback(proxy::handle)
-        .with_state(state)
+        // One shared state: handlers clone an Arc, not every field.
+        .with_state(Arc::new(state))
         .layer(middleware::from_fn(record_metrics))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
@@ -328,7 +331,7 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ConfigError> {
     ))
 }
 
-async fn openapi_json(State(state): State<EdgeState>) -> Json<serde_json::Value> {
+async fn openapi_json(State(state): State<Arc<EdgeState>>) -> Json<serde_json::Value> {
     Json((*state.openapi).clone())
 }
 
@@ -350,34 +353,72 @@ async fn record_metrics(req: Request, next: Next) -> Response {
     let started = Instant::now();
     let resp = next.run(req).await;
     let elapsed = started.elapsed();
-    let route = match path.as_str() {
-        "/health" | "/api/v1/openapi.json" => path.clone(),
+    let route: Arc<str> = match path.as_str() {
+        "/health" => Arc::clone(&HEALTH_LABEL),
+        "/api/v1/openapi.json" => Arc::clone(&OPENAPI_LABEL),
         _ => resp
             .extensions()
             .get::<RouteLabel>()
-            .map_or_else(|| "unmatched".to_owned(), |r| r.0.to_string()),
+            .map_or_else(|| Arc::clone(&UNMATCHED_LABEL), |r| r.0.clone()),
     };
-    let status = resp.status().as_u16();
+    let status = resp.status();
     tracing::info!(
         target: "agora_edge::access",
-        %method, %path, %route, status, latency_ms = elapsed.as_secs_f64() * 1e3, request_id,
+        %method, %path, %route, status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1e3, request_id,
         "request"
     );
-    let (method, status) = (method.as_str().to_owned(), status.to_string());
-    metrics::histogram!("http_request_duration_seconds",
-        "method" => method.clone(), "route" => route.clone(), "status_code" => status.clone())
-    .record(elapsed.as_secs_f64());
-    metrics::counter!("http_requests_total", "method" => method, "route" => route, "status_code" => status).increment(1);
+    let method = method_label(&method);
+    let (histogram, counter) = HTTP_HANDLES.get(&(route.clone(), method, status), || {
+        let labels = [
+            ("method", method.to_owned()),
+            ("route", route.to_string()),
+            ("status_code", status.as_str().to_owned()),
+        ];
+        (
+            (route.clone(), method, status),
+            (
+                metrics::histogram!("http_request_duration_seconds", &labels),
+                metrics::counter!("http_requests_total", &labels),
+            ),
+        )
+    });
+    histogram.record(elapsed.as_secs_f64());
+    counter.increment(1);
     resp
 }
 
-struct InFlight(metrics::Gauge);
+/// The `method` label: standard methods by name, anything else as `OTHER`,
+/// so clients cannot add label values.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Request metrics by (route template, method, status): bounded by the
+/// route table.
+type HttpHandles = HandleCache<(Arc<str>, &'static str, StatusCode), (Histogram, Counter)>;
+static HTTP_HANDLES: LazyLock<HttpHandles> = LazyLock::new(HandleCache::new);
+
+static HEALTH_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("/health"));
+static OPENAPI_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("/api/v1/openapi.json"));
+static UNMATCHED_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unmatched"));
+
+struct InFlight(&'static metrics::Gauge);
 
 impl InFlight {
     fn enter() -> Self {
-        let gauge = metrics::gauge!("active_connections_total");
-        gauge.increment(1.0);
-        Self(gauge)
+        static GAUGE: LazyLock<metrics::Gauge> =
+            LazyLock::new(|| metrics::gauge!("active_connections_total"));
+        GAUGE.increment(1.0);
+        Self(&GAUGE)
     }
 }
 

@@ -50,7 +50,7 @@ const FORWARDED: &[&str] = &[
     "tracestate",
 ];
 
-pub async fn handle(State(state): State<EdgeState>, req: Request) -> Response {
+pub async fn handle(State(state): State<Arc<EdgeState>>, req: Request) -> Response {
     let method = req.method().clone();
     let (route, values) = match state.routes.lookup(&method, req.uri().path()) {
         Lookup::Found(route, values) => (route, values),

@@ -220,6 +220,8 @@ pub struct Upstream {
     /// default budget).
     pub budget: TpsBudget,
     pub in_flight: AtomicUsize,
+    /// `upstream_request_duration_seconds{upstream}`, registered once.
+    pub latency: metrics::Histogram,
 }
 
 /// Every configured upstream.
@@ -250,6 +252,7 @@ impl Upstreams {
                     ),
                     budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
                     in_flight: AtomicUsize::new(0),
+                    latency: metrics::histogram!("upstream_request_duration_seconds", "upstream" => name.clone()),
                     policy: policy.clone(),
                     channel,
                 }),

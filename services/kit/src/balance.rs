@@ -337,31 +337,21 @@ impl Inner {
     /// come back than to the one that just failed. Failing that, `avoid`.
     fn pick(&self, avoid: u64) -> Option<Arc<EndpointState>> {
         let all = self.snapshot();
+        if all.len() <= 1 {
+            return all.first().cloned();
+        }
         let now = now_ms();
-        let mut candidates: Vec<&Arc<EndpointState>> = all
-            .iter()
-            .filter(|e| e.id != avoid && e.healthy(now))
-            .collect();
-        if candidates.is_empty() {
-            candidates = all.iter().filter(|e| e.id != avoid).collect();
-        }
-        if candidates.is_empty() {
-            candidates = all.iter().collect();
-        }
-        match candidates.len() {
-            0 => None,
-            1 => Some(candidates[0].clone()),
-            n => {
-                let a = fastrand::usize(..n);
-                let mut b = fastrand::usize(..n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (a, b) = (candidates[a], candidates[b]);
-                let load = |e: &EndpointState| e.in_flight.load(Ordering::Relaxed);
-                Some(if load(b) < load(a) { b } else { a }.clone())
-            }
-        }
+        let preferred = |e: &&Arc<EndpointState>| e.id != avoid && e.healthy(now);
+        let others = |e: &&Arc<EndpointState>| e.id != avoid;
+        // Counted and indexed rather than collected: no allocation per call.
+        let chosen = match all.iter().filter(preferred).count() {
+            0 => match all.iter().filter(others).count() {
+                0 => two_choices(all.iter(), all.len()),
+                n => two_choices(all.iter().filter(others), n),
+            },
+            n => two_choices(all.iter().filter(preferred), n),
+        };
+        chosen.cloned()
     }
 
     fn succeeded(&self, ep: &EndpointState) {
@@ -394,6 +384,26 @@ impl Inner {
             .increment(1);
         tracing::warn!(upstream = %self.name, addr = %ep.addr, ejection_ms = ejection.as_millis() as u64, "ejecting a failing upstream endpoint");
     }
+}
+
+/// The less loaded of two distinct endpoints picked at random from the `n`
+/// that `candidates` yields.
+fn two_choices<'a>(
+    candidates: impl Iterator<Item = &'a Arc<EndpointState>> + Clone,
+    n: usize,
+) -> Option<&'a Arc<EndpointState>> {
+    if n <= 1 {
+        return candidates.clone().next();
+    }
+    let a = fastrand::usize(..n);
+    let mut b = fastrand::usize(..n - 1);
+    if b >= a {
+        b += 1;
+    }
+    let a = candidates.clone().nth(a)?;
+    let b = candidates.clone().nth(b)?;
+    let load = |e: &EndpointState| e.in_flight.load(Ordering::Relaxed);
+    Some(if load(b) < load(a) { b } else { a })
 }
 
 /// Whether an error from a channel proves the request never reached the

@@ -4,9 +4,12 @@
 //! first, so several components (or several in-process test meshes) share it.
 
 use std::{
-    sync::OnceLock,
+    borrow::Borrow,
+    collections::HashMap,
+    hash::Hash,
+    sync::{Arc, LazyLock, OnceLock, RwLock},
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures::future::BoxFuture;
@@ -18,7 +21,50 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// How often buffered histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Metric handles by label values, registered once each. Looking a metric
+/// up by its labels builds and hashes a key with owned strings on every
+/// call; on the request path that is a cost per request, so hot metrics
+/// keep their handles here. Callers keep the key space bounded.
+pub struct HandleCache<K, H> {
+    map: RwLock<HashMap<K, H>>,
+}
+
+impl<K: Eq + Hash, H: Clone> HandleCache<K, H> {
+    pub fn new() -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The handle for `key`, registered by `make` the first time.
+    pub fn get<Q>(&self, key: &Q, make: impl FnOnce() -> (K, H)) -> H
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some(h) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(key) {
+            return h.clone();
+        }
+        let (k, h) = make();
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(k)
+            .or_insert(h)
+            .clone()
+    }
+}
+
+impl<K: Eq + Hash, H: Clone> Default for HandleCache<K, H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// The registry's handle, installing the global recorder on first use.
 pub fn handle() -> &'static PrometheusHandle {
@@ -31,6 +77,21 @@ pub fn handle() -> &'static PrometheusHandle {
         // Fails only if another recorder was installed; metrics then go there.
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        // Histogram samples wait in a buffer until drained into their
+        // buckets; drain it on a schedule, so memory stays bounded even
+        // when nothing scrapes /metrics.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
         }
         handle
     })
@@ -78,8 +139,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let (service, method) = split_path(req.uri().path());
-        let (service, method) = (service.to_owned(), method.to_owned());
+        // Cheap to clone (shared bytes); the path is looked up once the
+        // code says whether it named a method at all.
+        let uri = req.uri().clone();
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -97,22 +159,58 @@ where
             };
             let code = tonic::Code::from_i32(code);
             // Unknown paths would otherwise let callers create label values.
-            let (service, method) = if code == tonic::Code::Unimplemented {
-                ("unknown".to_owned(), "unknown".to_owned())
+            let path = if code == tonic::Code::Unimplemented {
+                UNKNOWN
             } else {
-                (service, method)
+                uri.path()
             };
-            metrics::counter!("grpc_server_handled_total",
-                "grpc_service" => service.clone(), "grpc_method" => method.clone(),
-                "grpc_code" => format!("{code:?}"))
-            .increment(1);
-            metrics::histogram!("grpc_server_handling_seconds",
-                "grpc_service" => service, "grpc_method" => method)
-            .record(start.elapsed().as_secs_f64());
+            let handles = GRPC_HANDLES.get(path, || {
+                let (service, method) = split_path(path);
+                (path.into(), MethodMetrics::new(service, method))
+            });
+            handles.handled(code).increment(1);
+            handles.seconds.record(start.elapsed().as_secs_f64());
             result
         })
     }
 }
+
+/// The gRPC server metrics of one method: a counter per code (registered
+/// when first used) and the latency histogram. Keyed by path; paths that
+/// name no method of the server share the `unknown` entry, so clients
+/// cannot grow the map.
+#[derive(Clone)]
+struct MethodMetrics {
+    labels: Arc<(String, String)>,
+    handled: Arc<[OnceLock<metrics::Counter>; 17]>,
+    seconds: metrics::Histogram,
+}
+
+impl MethodMetrics {
+    fn new(service: &str, method: &str) -> Self {
+        let (service, method) = (service.to_owned(), method.to_owned());
+        Self {
+            seconds: metrics::histogram!("grpc_server_handling_seconds",
+                "grpc_service" => service.clone(), "grpc_method" => method.clone()),
+            labels: Arc::new((service, method)),
+            handled: Arc::new(std::array::from_fn(|_| OnceLock::new())),
+        }
+    }
+
+    fn handled(&self, code: tonic::Code) -> &metrics::Counter {
+        self.handled[code as usize % 17].get_or_init(|| {
+            let (service, method) = &*self.labels;
+            metrics::counter!("grpc_server_handled_total",
+                "grpc_service" => service.clone(), "grpc_method" => method.clone(),
+                "grpc_code" => format!("{code:?}"))
+        })
+    }
+}
+
+const UNKNOWN: &str = "/unknown/unknown";
+
+static GRPC_HANDLES: LazyLock<HandleCache<Box<str>, MethodMetrics>> =
+    LazyLock::new(HandleCache::new);
 
 /// Splits `/pkg.Service/Method` into its service and method.
 fn split_path(path: &str) -> (&str, &str) {
