@@ -15,7 +15,8 @@ use std::{
 
 use agora_proto::catalog::v1::{GetProductRequest, catalog_service_client::CatalogServiceClient};
 use common::{
-    TestMesh, category, free_port, load, metric, product, spawn_mesh, spawn_mesh_with, staff,
+    Replica, TestMesh, category, free_port, load, metric, product, spawn_mesh, spawn_mesh_with,
+    staff,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -40,8 +41,37 @@ async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
     }
 }
 
-fn failures(results: &[(u16, String)]) -> Vec<&(u16, String)> {
-    results.iter().filter(|(s, _)| *s != 200).collect()
+/// The catalog's entry in an edge's `/health`.
+async fn catalog_health(mesh: &TestMesh, edge: &Replica) -> Value {
+    let health: Value = mesh
+        .http
+        .get(edge.url("/health"))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    health["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|s| s["name"] == "catalog")
+        .expect("catalog")
+        .clone()
+}
+
+/// Asserts that a load run made enough requests and none failed.
+fn assert_none_failed(results: &[(u16, String)]) {
+    let failed: Vec<_> = results.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failed.len(),
+        results.len(),
+        failed.first()
+    );
+    assert!(results.len() > 100, "the load ran: {}", results.len());
 }
 
 #[tokio::test]
@@ -72,31 +102,8 @@ async fn killing_one_of_two_catalog_replicas_under_load_fails_no_reads() {
     stop.store(true, Ordering::Relaxed);
     let results = runner.await.expect("load");
 
-    let failed = failures(&results);
-    assert!(
-        failed.is_empty(),
-        "{} of {} reads failed, e.g. {:?}",
-        failed.len(),
-        results.len(),
-        failed.first()
-    );
-    assert!(results.len() > 100, "the load ran: {}", results.len());
-    let health: Value = mesh
-        .http
-        .get(edge.url("/health"))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
-    let catalog = health["services"]
-        .as_array()
-        .expect("services")
-        .iter()
-        .find(|s| s["name"] == "catalog")
-        .expect("catalog")
-        .clone();
+    assert_none_failed(&results);
+    let catalog = catalog_health(&mesh, &edge).await;
     let ejected: Vec<&Value> = catalog["endpoints"]
         .as_array()
         .expect("endpoints")
@@ -173,15 +180,7 @@ async fn a_rolling_restart_fails_no_request_of_any_method() {
     stop.store(true, Ordering::Relaxed);
     let results = runner.await.expect("load");
 
-    let failed = failures(&results);
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed, e.g. {:?}",
-        failed.len(),
-        results.len(),
-        failed.first()
-    );
-    assert!(results.len() > 100, "the load ran: {}", results.len());
+    assert_none_failed(&results);
     drop((a2, b2, edge));
     mesh.stop().await;
 }
@@ -475,5 +474,88 @@ async fn product_reads_stay_fast_with_redis_killed_and_use_it_again_when_it_retu
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn above_the_in_flight_caps_the_edge_answers_503_at_once() {
+    // No cache: reads go to PostgreSQL, which a lock holds up.
+    let mesh = spawn_mesh_with(|c| c.catalog.redis_url = String::new()).await;
+    let id = with_product(&mesh, 10).await;
+    let per_upstream = mesh
+        .spawn("edge", |c| {
+            c.edge
+                .upstreams
+                .0
+                .get_mut("catalog")
+                .expect("catalog")
+                .max_in_flight = 1;
+        })
+        .await;
+    let whole_edge = mesh.spawn("edge", |c| c.edge.max_in_flight = 1).await;
+
+    let mut locker = PgConnection::connect(&mesh.database.url).await.expect("db");
+    sqlx::raw_sql("BEGIN; LOCK TABLE catalog.products IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    for (edge, what) in [(&per_upstream, "catalog"), (&whole_edge, "edge")] {
+        let url = edge.url(&format!("/api/v1/products/{id}"));
+        let stuck = tokio::spawn({
+            let (http, url) = (mesh.http.clone(), url.clone());
+            async move { get(&http, &url).await }
+        });
+        // Until the first call holds the only slot.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        let r = mesh.http.get(&url).send().await.expect("answer");
+        let elapsed = started.elapsed();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
+        assert!(r.headers().contains_key("retry-after"), "{what}");
+        let body: Value = r.json().await.expect("json");
+        assert!(
+            body["message"].as_str().expect("message").contains(what),
+            "the message says which cap: {body}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(250),
+            "refused without queueing: {elapsed:?}"
+        );
+        stuck.abort();
+    }
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .expect("unlock");
+    drop((per_upstream, whole_edge));
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_named_by_dns_is_resolved_and_balanced_over() {
+    let mesh = spawn_mesh().await;
+    let id = with_product(&mesh, 10).await;
+    let by_name = format!("http://localhost:{}", mesh.catalog_addr.port());
+    let edge = mesh
+        .spawn("edge", |c| {
+            c.edge.upstreams.0.get_mut("catalog").expect("catalog").url = by_name;
+        })
+        .await;
+    for _ in 0..20 {
+        let (status, body) = get(&mesh.http, &edge.url(&format!("/api/v1/products/{id}"))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let catalog = catalog_health(&mesh, &edge).await;
+    let addresses: Vec<&str> = catalog["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e["address"].as_str())
+        .collect();
+    assert!(
+        addresses.contains(&format!("127.0.0.1:{}", mesh.catalog_addr.port()).as_str()),
+        "localhost resolved to its addresses: {addresses:?}"
+    );
+    drop(edge);
     mesh.stop().await;
 }

@@ -200,6 +200,19 @@ impl EdgeComponent {
         let pool = DescriptorPool::decode(agora_proto::FILE_DESCRIPTOR_SET)
             .context("Failed to read the contracts")?;
         let routes = Arc::new(RouteTable::from_pool(&pool, "agora.")?);
+        for name in config.upstreams.0.keys() {
+            let served = routes
+                .routes()
+                .iter()
+                .any(|r| &*r.upstream == name.as_str());
+            if !served && *name != config.auth_upstream {
+                tracing::warn!(
+                    upstream = %name,
+                    setting = %upstream::setting(name, "_URL"),
+                    "no contract route is served by this upstream; is the name misspelt?"
+                );
+            }
+        }
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("AGORA_EDGE_ADDR: cannot listen on {}", config.addr))?;

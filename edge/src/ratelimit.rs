@@ -308,6 +308,73 @@ mod tests {
         assert!(limiter.check_locally(&other, interval).allowed);
     }
 
+    fn route(grpc_path: &str) -> Route {
+        let pool = prost_reflect::DescriptorPool::decode(agora_proto::FILE_DESCRIPTOR_SET)
+            .expect("contracts");
+        crate::routes::RouteTable::from_pool(&pool, "agora.")
+            .expect("routes")
+            .routes()
+            .iter()
+            .find(|r| &*r.grpc_path == grpc_path)
+            .expect("route")
+            .clone()
+    }
+
+    #[test]
+    fn callers_are_counted_by_key_user_or_ip_and_sign_in_by_ip() {
+        let config = RateLimitConfig {
+            anonymous_per_minute: 10,
+            user_per_minute: 20,
+            auth_per_minute: 3,
+            trusted_proxy_hops: 0,
+        };
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let me = route("/agora.users.v1.UsersService/GetMe");
+        let login = route("/agora.users.v1.UsersService/Login");
+        let user = Caller {
+            user_id: "u1".into(),
+            roles: vec![],
+            credential: Credential::AccessToken,
+        };
+        let key = Caller {
+            credential: Credential::ApiKey {
+                key_id: "k1".into(),
+                permissions: vec![],
+                rate_limit_per_minute: 5,
+            },
+            ..user.clone()
+        };
+        let subject = |route: &Route, caller: Option<&Caller>| {
+            subject(&config, route, caller, ip).map(|s| (s.key, s.per_minute))
+        };
+        assert_eq!(subject(&me, None), Some(("ip:192.0.2.1".into(), 10)));
+        assert_eq!(subject(&me, Some(&user)), Some(("user:u1".into(), 20)));
+        assert_eq!(subject(&me, Some(&key)), Some(("key:k1".into(), 5)));
+        assert_eq!(
+            subject(&login, Some(&user)),
+            Some(("auth:192.0.2.1".into(), 3)),
+            "sign-in routes count per IP whoever calls"
+        );
+
+        // A contract's own budget is apart from the caller's other calls.
+        let mut own = me.clone();
+        own.rate_limit.per_minute = 2;
+        assert_eq!(
+            subject(&own, Some(&user)),
+            Some(("user:u1:/agora.users.v1.UsersService/GetMe".into(), 2))
+        );
+
+        let off = RateLimitConfig {
+            anonymous_per_minute: 0,
+            ..config.clone()
+        };
+        assert_eq!(
+            super::subject(&off, &me, None, ip),
+            None,
+            "0 turns a class off"
+        );
+    }
+
     #[test]
     fn the_client_ip_comes_from_forwarded_for_only_past_trusted_proxies() {
         let peer: IpAddr = "10.0.0.9".parse().expect("ip");
