@@ -13,9 +13,11 @@
 //! - [`error`]: gRPC status → HTTP status and `google.rpc.Status` bodies.
 //! - [`openapi`]: the OpenAPI 3.1 document.
 //! - [`health`]: the aggregated `/health`.
+//! - [`access`]: request metrics and the access log.
 //! - [`ratelimit`]: per key / user / IP limits shared through Redis.
 //! - [`idempotency`]: replaying the answer to a retried `Idempotency-Key`.
 
+pub mod access;
 pub mod call;
 pub mod codec;
 pub mod error;
@@ -31,28 +33,19 @@ pub mod upstream;
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, LazyLock, atomic::AtomicUsize},
-    time::{Duration, Instant},
+    sync::{Arc, atomic::AtomicUsize},
+    time::Duration,
 };
 
 use agora_kit::{
     config::{ConfigError, Env},
     jwks::RemoteAuthenticator,
-    metrics::HandleCache,
     redis::SharedRedis,
     shutdown::Shutdown,
 };
 use anyhow::Context as _;
-use axum::{
-    Json, Router,
-    extract::{Request, State},
-    middleware::{self, Next},
-    response::Response,
-    routing::get,
-    serve::ListenerExt as _,
-};
-use http::{Method, StatusCode};
-use metrics::{Counter, Histogram};
+use axum::{Json, Router, extract::State, middleware, routing::get, serve::ListenerExt as _};
+use http::Method;
 use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -63,7 +56,6 @@ use tower_http::{
 
 use crate::{
     idempotency::IdempotencyStore,
-    proxy::RouteLabel,
     ratelimit::{RateLimitConfig, RateLimiter},
     routes::RouteTable,
     upstream::{Upstreams, UpstreamsConfig},
@@ -293,7 +285,7 @@ pub fn router(state: EdgeState, cors: Option<CorsLayer>) -> Router {
         .fallback(proxy::handle)
         // One shared state: handlers clone an Arc, not every field.
         .with_state(Arc::new(state))
-        .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn(access::record_metrics))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
     match cors {
@@ -346,97 +338,4 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ConfigError> {
 
 async fn openapi_json(State(state): State<Arc<EdgeState>>) -> Json<serde_json::Value> {
     Json((*state.openapi).clone())
-}
-
-/// `http_request_duration_seconds`, `http_requests_total` and
-/// `active_connections_total` (requests in flight), labelled by route
-/// template so unknown paths cannot grow the label set, plus one access
-/// log line per request.
-async fn record_metrics(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    // A guard, so a request whose client went away still leaves the gauge.
-    let _in_flight = InFlight::enter();
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    let elapsed = started.elapsed();
-    let route: Arc<str> = match path.as_str() {
-        "/health" => Arc::clone(&HEALTH_LABEL),
-        "/api/v1/openapi.json" => Arc::clone(&OPENAPI_LABEL),
-        _ => resp
-            .extensions()
-            .get::<RouteLabel>()
-            .map_or_else(|| Arc::clone(&UNMATCHED_LABEL), |r| r.0.clone()),
-    };
-    let status = resp.status();
-    tracing::info!(
-        target: "agora_edge::access",
-        %method, %path, %route, status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1e3, request_id,
-        "request"
-    );
-    let method = method_label(&method);
-    let (histogram, counter) = HTTP_HANDLES.get(&(route.clone(), method, status), || {
-        let labels = [
-            ("method", method.to_owned()),
-            ("route", route.to_string()),
-            ("status_code", status.as_str().to_owned()),
-        ];
-        (
-            (route.clone(), method, status),
-            (
-                metrics::histogram!("http_request_duration_seconds", &labels),
-                metrics::counter!("http_requests_total", &labels),
-            ),
-        )
-    });
-    histogram.record(elapsed.as_secs_f64());
-    counter.increment(1);
-    resp
-}
-
-/// The `method` label: standard methods by name, anything else as `OTHER`,
-/// so clients cannot add label values.
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
-    }
-}
-
-/// Request metrics by (route template, method, status): bounded by the
-/// route table.
-type HttpHandles = HandleCache<(Arc<str>, &'static str, StatusCode), (Histogram, Counter)>;
-static HTTP_HANDLES: LazyLock<HttpHandles> = LazyLock::new(HandleCache::new);
-
-static HEALTH_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("/health"));
-static OPENAPI_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("/api/v1/openapi.json"));
-static UNMATCHED_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unmatched"));
-
-struct InFlight(&'static metrics::Gauge);
-
-impl InFlight {
-    fn enter() -> Self {
-        static GAUGE: LazyLock<metrics::Gauge> =
-            LazyLock::new(|| metrics::gauge!("active_connections_total"));
-        GAUGE.increment(1.0);
-        Self(&GAUGE)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
 }

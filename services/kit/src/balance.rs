@@ -32,6 +32,9 @@ use std::{
 };
 
 use futures::future::BoxFuture;
+
+pub use crate::failure::{NotSent, is_transport_failure};
+use crate::failure::{never_sent, refused_by_server};
 use tonic::{
     body::Body,
     transport::{Channel, Endpoint},
@@ -62,52 +65,6 @@ pub fn client_defaults(e: Endpoint) -> Endpoint {
 fn now_ms() -> u64 {
     static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
     EPOCH.elapsed().as_millis() as u64
-}
-
-/// The cause of a failed call that never reached the service. Found as the
-/// `source()` of the UNAVAILABLE status tonic reports for it.
-#[derive(Debug)]
-pub struct NotSent {
-    status: tonic::Status,
-}
-
-impl std::fmt::Display for NotSent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the call was not sent: {}", self.status.message())
-    }
-}
-
-impl StdError for NotSent {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        // tonic looks for a Status down the source chain and reports it,
-        // keeping this error as the Status's own source.
-        Some(&self.status)
-    }
-}
-
-impl NotSent {
-    /// Whether `status` reports a call that never reached the service.
-    pub fn is_cause_of(status: &tonic::Status) -> bool {
-        let mut source = status.source();
-        while let Some(e) = source {
-            if e.is::<NotSent>() {
-                return true;
-            }
-            source = e.source();
-        }
-        false
-    }
-}
-
-/// Whether `status` was made by the client from a broken connection rather
-/// than sent by the service (statuses read from a response carry no
-/// source). An idempotent call may be sent again after one.
-pub fn is_transport_failure(status: &tonic::Status) -> bool {
-    status.source().is_some()
-        && !matches!(
-            status.code(),
-            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
-        )
 }
 
 /// Set on a request (`tonic::Request::extensions_mut`) to learn which
@@ -406,40 +363,6 @@ fn two_choices<'a>(
     Some(if load(b) < load(a) { b } else { a })
 }
 
-/// Whether an error from a channel proves the request never reached the
-/// service: the connection could not be made, or HTTP/2 refused the stream
-/// or announced GOAWAY before it was processed, or the connection closed
-/// before the request was written.
-fn never_sent(err: &(dyn StdError + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if e.is::<tonic::ConnectError>() {
-            return true;
-        }
-        if let Some(h2) = e.downcast_ref::<h2::Error>()
-            && (h2.reason() == Some(h2::Reason::REFUSED_STREAM)
-                || (h2.is_go_away() && h2.is_remote()))
-        {
-            return true;
-        }
-        if let Some(hyper) = e.downcast_ref::<hyper::Error>()
-            && hyper.is_canceled()
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// A trailers-only answer of UNAVAILABLE: the server refused the call
-/// (it is draining or overloaded) without running it.
-fn refused_by_server(resp: &http::Response<Body>) -> bool {
-    resp.headers()
-        .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == b"14")
-}
-
 /// Decrements an endpoint's in-flight count however the call ends.
 struct InFlight(Arc<EndpointState>);
 
@@ -465,11 +388,10 @@ impl Service<http::Request<Body>> for Balanced {
         let avoid = hint.as_ref().map_or(0, |h| h.0.load(Ordering::Relaxed));
         Box::pin(async move {
             let Some(ep) = inner.pick(avoid) else {
-                let status = tonic::Status::unavailable(format!(
+                return Err(Box::new(NotSent::unavailable(format!(
                     "the {} service has no known address",
                     inner.name
-                ));
-                return Err(Box::new(NotSent { status }) as BoxError);
+                ))) as BoxError);
             };
             if let Some(hint) = &hint {
                 hint.0.store(ep.id, Ordering::Relaxed);
@@ -489,11 +411,10 @@ impl Service<http::Request<Body>> for Balanced {
                     inner.failed(&ep);
                     let e: BoxError = e.into();
                     if never_sent(&*e) {
-                        let status = tonic::Status::unavailable(format!(
+                        Err(Box::new(NotSent::unavailable(format!(
                             "cannot reach the {} service at {}: {e}",
                             inner.name, ep.addr
-                        ));
-                        Err(Box::new(NotSent { status }) as BoxError)
+                        ))) as BoxError)
                     } else {
                         Err(e)
                     }

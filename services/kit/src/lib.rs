@@ -10,6 +10,7 @@
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/livez`, `/readyz`).
 //! - [`balance`]: a gRPC channel balanced over an upstream's endpoints,
 //!   with outlier ejection and DNS re-resolution.
+//! - [`failure`]: whether a failed call reached the service, for retries.
 //! - [`breaker`]: a circuit breaker per upstream.
 //! - [`grpc`]: serving a tonic service with health, reflection and metrics.
 //! - [`shutdown`]: the drain/grace-period shutdown sequence.
@@ -30,6 +31,7 @@ pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod deadline;
+pub mod failure;
 pub mod grpc;
 pub mod jwks;
 pub mod metrics;
