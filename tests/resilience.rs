@@ -116,6 +116,11 @@ async fn killing_one_of_two_catalog_replicas_under_load_fails_no_reads() {
         "the dead replica is out of rotation: {catalog}"
     );
     assert_eq!(ejected[0]["address"], a.addr.to_string());
+    assert_eq!(ejected[0]["status"], "unhealthy", "{catalog}");
+    assert_eq!(
+        catalog["status"], "healthy",
+        "one serving replica keeps the service healthy: {catalog}"
+    );
     drop(edge);
     mesh.stop().await;
 }

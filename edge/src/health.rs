@@ -1,5 +1,5 @@
-//! `GET /health`: the gRPC health of every configured upstream, checked
-//! concurrently with a short timeout.
+//! `GET /health`: the gRPC health of every endpoint of every configured
+//! upstream, checked concurrently with a short timeout.
 
 use std::{
     sync::Arc,
@@ -14,6 +14,8 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
+use agora_kit::balance::EndpointView;
+
 use crate::{EdgeState, upstream::Upstream};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,7 +29,7 @@ pub struct ServiceHealth {
     pub response_time: u64,
     pub last_check: String,
     pub error: Option<String>,
-    /// Each known address and whether it takes calls (not ejected).
+    /// Each known address of the service, checked on its own.
     pub endpoints: Vec<EndpointHealth>,
     /// Whether the edge's circuit breaker for the service is open.
     pub breaker_open: bool,
@@ -37,7 +39,11 @@ pub struct ServiceHealth {
 #[serde(rename_all = "camelCase")]
 pub struct EndpointHealth {
     pub address: String,
+    /// Whether the edge sends calls to it (not ejected for failing).
     pub in_rotation: bool,
+    /// Its own gRPC health: `healthy` or `unhealthy`.
+    pub status: &'static str,
+    pub error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -72,9 +78,33 @@ pub async fn health(State(state): State<Arc<EdgeState>>) -> (StatusCode, Json<He
     )
 }
 
+/// Checks every endpoint of `upstream` at once; the service is healthy when
+/// any endpoint serves (the edge balances over those).
 async fn check(upstream: &Upstream) -> ServiceHealth {
     let started = Instant::now();
-    let mut client = HealthClient::new(upstream.channel.clone());
+    let endpoints = join_all(upstream.channel.endpoints().into_iter().map(check_endpoint)).await;
+    let serving = endpoints.iter().filter(|e| e.status == "healthy").count();
+    let status = if serving > 0 { "healthy" } else { "unhealthy" };
+    let error = match (serving, endpoints.first()) {
+        (0, Some(first)) if endpoints.len() == 1 => first.error.clone(),
+        (0, _) => Some("no endpoint is serving".to_owned()),
+        _ => None,
+    };
+    metrics::gauge!("service_health_status", "service_name" => upstream.name.to_string())
+        .set(if status == "healthy" { 1.0 } else { 0.0 });
+    ServiceHealth {
+        name: upstream.name.to_string(),
+        status,
+        response_time: started.elapsed().as_millis() as u64,
+        last_check: now(),
+        error,
+        endpoints,
+        breaker_open: upstream.breaker.is_open(),
+    }
+}
+
+async fn check_endpoint(endpoint: EndpointView) -> EndpointHealth {
+    let mut client = HealthClient::new(endpoint.channel);
     let result = tokio::time::timeout(
         CHECK_TIMEOUT,
         client.check(HealthCheckRequest {
@@ -97,24 +127,11 @@ async fn check(upstream: &Upstream) -> ServiceHealth {
             Some(format!("reports {:?}", r.get_ref().status())),
         ),
     };
-    metrics::gauge!("service_health_status", "service_name" => upstream.name.to_string())
-        .set(if status == "healthy" { 1.0 } else { 0.0 });
-    ServiceHealth {
-        name: upstream.name.to_string(),
+    EndpointHealth {
+        address: endpoint.addr.to_string(),
+        in_rotation: endpoint.in_rotation,
         status,
-        response_time: started.elapsed().as_millis() as u64,
-        last_check: now(),
         error,
-        endpoints: upstream
-            .channel
-            .endpoint_health()
-            .into_iter()
-            .map(|(addr, in_rotation)| EndpointHealth {
-                address: addr.to_string(),
-                in_rotation,
-            })
-            .collect(),
-        breaker_open: upstream.breaker.is_open(),
     }
 }
 

@@ -72,6 +72,13 @@ fn now_ms() -> u64 {
 #[derive(Clone, Default)]
 pub struct AttemptHint(Arc<AtomicU64>);
 
+/// One endpoint as seen from outside the balancer.
+pub struct EndpointView {
+    pub addr: SocketAddr,
+    pub in_rotation: bool,
+    pub channel: Channel,
+}
+
 /// One address of an upstream, with its own lazily connected channel.
 struct EndpointState {
     id: u64,
@@ -152,18 +159,18 @@ impl Balanced {
         Ok(Self { inner })
     }
 
-    /// The addresses currently balanced over.
-    pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.inner.snapshot().iter().map(|e| e.addr).collect()
-    }
-
-    /// Addresses and whether each is currently ejected.
-    pub fn endpoint_health(&self) -> Vec<(SocketAddr, bool)> {
+    /// Each endpoint: its address, whether it is in rotation (not ejected),
+    /// and a channel to it alone (for per-endpoint health checks).
+    pub fn endpoints(&self) -> Vec<EndpointView> {
         let now = now_ms();
         self.inner
             .snapshot()
             .iter()
-            .map(|e| (e.addr, e.healthy(now)))
+            .map(|e| EndpointView {
+                addr: e.addr,
+                in_rotation: e.healthy(now),
+                channel: e.channel.clone(),
+            })
             .collect()
     }
 }
