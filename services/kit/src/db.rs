@@ -121,29 +121,33 @@ pub async fn connect(config: &DatabaseConfig, schema: &str) -> anyhow::Result<Pg
         .acquire_timeout(config.acquire_timeout)
         // Each statement gets what is left of the served call's deadline
         // as its timeout, so PostgreSQL stops work whose caller gave up
-        // (dropping a query's future alone leaves it running). Setting it
-        // also proves the connection alive, the job of the default
-        // ping-before-acquire it replaces. Pool connections without a
-        // deadline (background jobs) get the server's default back.
+        // (dropping a query's future alone leaves it running): on every
+        // acquire of an idle connection, and on a connection opened for
+        // the caller. Setting it also proves the connection alive, the job
+        // of the default ping-before-acquire it replaces. Connections
+        // without a deadline (background jobs) get the server's default.
         .test_before_acquire(false)
-        .before_acquire(|conn, _meta| {
-            Box::pin(async move {
-                let sql = match crate::deadline::remaining() {
-                    Some(left) => format!(
-                        "SET statement_timeout = {}",
-                        left.as_millis().clamp(1, i32::MAX as u128)
-                    ),
-                    None => "RESET statement_timeout".to_owned(),
-                };
-                conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)))
-                    .await?;
-                Ok(true)
-            })
-        })
+        .before_acquire(|conn, _meta| Box::pin(async { apply_deadline(conn).await.map(|()| true) }))
+        .after_connect(|conn, _meta| Box::pin(apply_deadline(conn)))
         // `public` stays reachable for extensions installed there by others.
         .connect_with(base.options([("search_path", format!("{schema},public"))]))
         .await
         .context("Failed to connect to PostgreSQL")
+}
+
+/// Sets `statement_timeout` to what is left of the current call's deadline,
+/// or back to the default outside a call.
+async fn apply_deadline(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    let sql = match crate::deadline::remaining() {
+        Some(left) => format!(
+            "SET statement_timeout = {}",
+            left.as_millis().clamp(1, i32::MAX as u128)
+        ),
+        None => "RESET statement_timeout".to_owned(),
+    };
+    conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(sql)))
+        .await?;
+    Ok(())
 }
 
 /// A service's pool on its schema, with its migrations applied first when
