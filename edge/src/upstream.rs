@@ -18,7 +18,7 @@ use std::{
 };
 
 use agora_kit::{
-    balance::{self, Balanced},
+    balance::Balanced,
     breaker::CircuitBreaker,
     config::{ConfigError, Env},
 };
@@ -234,13 +234,7 @@ impl Upstreams {
     pub async fn connect(config: &UpstreamsConfig) -> anyhow::Result<Self> {
         let mut by_name = HashMap::new();
         for (name, policy) in &config.0 {
-            let channel = Balanced::new(
-                name,
-                &policy.url,
-                &setting(name, "_URL"),
-                balance::client_defaults,
-            )
-            .await?;
+            let channel = Balanced::new(name, &policy.url, &setting(name, "_URL")).await?;
             by_name.insert(
                 name.clone(),
                 Arc::new(Upstream {

@@ -28,7 +28,7 @@ use std::{net::SocketAddr, time::Duration};
 use agora_kit::{
     access::AccessPolicy,
     auth::AuthLayer,
-    balance::{self, Balanced},
+    balance::Balanced,
     config::{ConfigError, Env},
     db::DatabaseConfig,
     jwks::RemoteAuthenticator,
@@ -175,13 +175,7 @@ impl CatalogComponent {
         };
         // The same balanced client stack as the edge's: every users replica,
         // with failing ones ejected.
-        let users = Balanced::new(
-            "users",
-            &config.users_url,
-            "USER_SERVICE_URL",
-            balance::client_defaults,
-        )
-        .await?;
+        let users = Balanced::new("users", &config.users_url, "USER_SERVICE_URL").await?;
         let auth = AuthLayer::new(
             AccessPolicy::from_contracts()?,
             RemoteAuthenticator::new(Some(users), &config.jwt_issuer, &config.jwt_audience),

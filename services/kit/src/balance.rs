@@ -35,10 +35,9 @@ use futures::future::BoxFuture;
 
 pub use crate::failure::{NotSent, is_transport_failure};
 use crate::failure::{never_sent, refused_by_server};
-use tonic::{
-    body::Body,
-    transport::{Channel, Endpoint},
-};
+use tonic::body::Body;
+
+use crate::h2client::EndpointClient;
 use tower::{Service, ServiceExt as _};
 
 /// Consecutive connection-level failures that eject an endpoint.
@@ -51,16 +50,6 @@ pub const MAX_EJECTION: Duration = Duration::from_secs(30);
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
 type BoxError = Box<dyn StdError + Send + Sync>;
-
-/// Connection options every Agora gRPC client uses: a short connect
-/// timeout, `TCP_NODELAY`, and HTTP/2 keep-alive pings so a silently dead
-/// peer is noticed.
-pub fn client_defaults(e: Endpoint) -> Endpoint {
-    e.connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-}
 
 fn now_ms() -> u64 {
     static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
@@ -76,14 +65,14 @@ pub struct AttemptHint(Arc<AtomicU64>);
 pub struct EndpointView {
     pub addr: SocketAddr,
     pub in_rotation: bool,
-    pub channel: Channel,
+    pub channel: EndpointClient,
 }
 
 /// One address of an upstream, with its own lazily connected channel.
 struct EndpointState {
     id: u64,
     addr: SocketAddr,
-    channel: Channel,
+    channel: EndpointClient,
     in_flight: AtomicUsize,
     failures: AtomicU32,
     ejections: AtomicU32,
@@ -96,10 +85,9 @@ impl EndpointState {
     }
 }
 
-/// One configured endpoint: `scheme://host:port`, resolved to addresses.
+/// One configured endpoint: `http://host:port`, resolved to addresses.
 #[derive(Debug, Clone)]
 struct Target {
-    scheme: String,
     host: String,
     port: u16,
 }
@@ -109,7 +97,6 @@ struct Inner {
     name: String,
     targets: Vec<Target>,
     endpoints: RwLock<Arc<Vec<Arc<EndpointState>>>>,
-    configure: fn(Endpoint) -> Endpoint,
 }
 
 /// A load-balanced channel over every endpoint of one upstream.
@@ -128,19 +115,12 @@ impl Balanced {
     /// A channel over `urls`. Addresses written as IPs are used at once;
     /// names are resolved now and every [`RESOLVE_EVERY`] in a background
     /// task that ends when the last clone of the channel is dropped.
-    /// `configure` sets connection options on each endpoint.
-    pub async fn new(
-        name: &str,
-        urls: &str,
-        setting: &str,
-        configure: fn(Endpoint) -> Endpoint,
-    ) -> anyhow::Result<Self> {
+    pub async fn new(name: &str, urls: &str, setting: &str) -> anyhow::Result<Self> {
         let targets = parse_targets(urls, setting)?;
         let inner = Arc::new(Inner {
             name: name.to_owned(),
             targets,
             endpoints: RwLock::new(Arc::new(Vec::new())),
-            configure,
         });
         let needs_dns = inner.targets.iter().any(|t| t.host_ip().is_none());
         inner.refresh().await;
@@ -192,18 +172,21 @@ fn parse_targets(urls: &str, setting: &str) -> Result<Vec<Target>, crate::config
     let mut out = Vec::new();
     for url in urls.split(',').map(str::trim).filter(|u| !u.is_empty()) {
         let uri: http::Uri = url.parse().map_err(|_| invalid(url, "cannot parse it"))?;
-        let scheme = match uri.scheme_str() {
-            Some(s @ ("http" | "https")) => s.to_owned(),
-            _ => return Err(invalid(url, "use http:// or https://")),
+        match uri.scheme_str() {
+            Some("http") => {}
+            _ => {
+                return Err(invalid(
+                    url,
+                    "use http:// (plaintext HTTP/2; TLS to upstreams is not supported)",
+                ));
+            }
         };
         let host = uri
             .host()
             .ok_or_else(|| invalid(url, "name a host"))?
             .to_owned();
-        let port = uri
-            .port_u16()
-            .unwrap_or(if scheme == "https" { 443 } else { 80 });
-        out.push(Target { scheme, host, port });
+        let port = uri.port_u16().unwrap_or(80);
+        out.push(Target { host, port });
     }
     if out.is_empty() {
         return Err(crate::config::ConfigError::invalid(
@@ -253,7 +236,7 @@ impl Inner {
                 }
                 let state = match by_addr.remove(&addr) {
                     Some(state) => state,
-                    None => match self.endpoint(target, addr) {
+                    None => match self.endpoint(addr) {
                         Ok(state) => Arc::new(state),
                         Err(e) => {
                             tracing::warn!(upstream = %self.name, %addr, error = %e, "cannot use an upstream address");
@@ -276,18 +259,11 @@ impl Inner {
         }
     }
 
-    fn endpoint(&self, target: &Target, addr: SocketAddr) -> anyhow::Result<EndpointState> {
-        let uri = format!("{}://{addr}", target.scheme);
-        // The :authority stays the configured host, as a client of the
-        // name (not of one address) would send it.
-        let origin: http::Uri = format!("{}://{}:{}", target.scheme, target.host, target.port)
-            .parse()
-            .map_err(|e| anyhow::anyhow!("bad origin: {e}"))?;
-        let endpoint = (self.configure)(Endpoint::from_shared(uri)?.origin(origin));
+    fn endpoint(&self, addr: SocketAddr) -> anyhow::Result<EndpointState> {
         Ok(EndpointState {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             addr,
-            channel: endpoint.connect_lazy(),
+            channel: EndpointClient::new(addr)?,
             in_flight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
@@ -416,7 +392,7 @@ impl Service<http::Request<Body>> for Balanced {
                 }
                 Err(e) => {
                     inner.failed(&ep);
-                    let e: BoxError = e.into();
+
                     if never_sent(&*e) {
                         Err(Box::new(NotSent::unavailable(format!(
                             "cannot reach the {} service at {}: {e}",
@@ -453,7 +429,6 @@ mod tests {
             "test",
             "http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3",
             "X",
-            |e| e,
         )
         .await
         .expect("builds");

@@ -11,6 +11,7 @@
 //! - [`balance`]: a gRPC channel balanced over an upstream's endpoints,
 //!   with outlier ejection and DNS re-resolution.
 //! - [`failure`]: whether a failed call reached the service, for retries.
+//! - [`h2client`]: the HTTP/2 client to one endpoint of an upstream.
 //! - [`breaker`]: a circuit breaker per upstream.
 //! - [`grpc`]: serving a tonic service with health, reflection and metrics.
 //! - [`shutdown`]: the drain/grace-period shutdown sequence.
@@ -33,6 +34,7 @@ pub mod db;
 pub mod deadline;
 pub mod failure;
 pub mod grpc;
+pub mod h2client;
 pub mod jwks;
 pub mod metrics;
 pub mod outbox;
