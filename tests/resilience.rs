@@ -41,6 +41,24 @@ async fn get(http: &reqwest::Client, url: &str) -> (u16, String) {
     }
 }
 
+/// Holds an exclusive lock on the products table, so every read of a
+/// product from PostgreSQL waits until [`unlock`].
+async fn lock_products(mesh: &TestMesh) -> PgConnection {
+    let mut locker = PgConnection::connect(&mesh.database.url).await.expect("db");
+    sqlx::raw_sql("BEGIN; LOCK TABLE catalog.products IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    locker
+}
+
+async fn unlock(locker: &mut PgConnection) {
+    sqlx::raw_sql("ROLLBACK")
+        .execute(locker)
+        .await
+        .expect("unlock");
+}
+
 /// The catalog's entry in an edge's `/health`.
 async fn catalog_health(mesh: &TestMesh, edge: &Replica) -> Value {
     let health: Value = mesh
@@ -269,11 +287,7 @@ async fn a_client_deadline_ends_a_slow_call_with_504_and_the_service_stops_its_w
     // No cache: every read goes to PostgreSQL, which a lock makes slow.
     let mesh = spawn_mesh_with(|c| c.catalog.redis_url = String::new()).await;
     let id = with_product(&mesh, 10).await;
-    let mut locker = PgConnection::connect(&mesh.database.url).await.expect("db");
-    sqlx::raw_sql("BEGIN; LOCK TABLE catalog.products IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .expect("lock");
+    let mut locker = lock_products(&mesh).await;
 
     let started = Instant::now();
     let r = mesh
@@ -320,10 +334,7 @@ async fn a_client_deadline_ends_a_slow_call_with_504_and_the_service_stops_its_w
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.message().contains("grpc-timeout"), "{:?}", bad.body);
-    sqlx::raw_sql("ROLLBACK")
-        .execute(&mut locker)
-        .await
-        .expect("unlock");
+    unlock(&mut locker).await;
     mesh.stop().await;
 }
 
@@ -499,11 +510,7 @@ async fn above_the_in_flight_caps_the_edge_answers_503_at_once() {
         .await;
     let whole_edge = mesh.spawn("edge", |c| c.edge.max_in_flight = 1).await;
 
-    let mut locker = PgConnection::connect(&mesh.database.url).await.expect("db");
-    sqlx::raw_sql("BEGIN; LOCK TABLE catalog.products IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut locker)
-        .await
-        .expect("lock");
+    let mut locker = lock_products(&mesh).await;
     for (edge, what) in [(&per_upstream, "catalog"), (&whole_edge, "edge")] {
         let url = edge.url(&format!("/api/v1/products/{id}"));
         let stuck = tokio::spawn({
@@ -528,10 +535,7 @@ async fn above_the_in_flight_caps_the_edge_answers_503_at_once() {
         );
         stuck.abort();
     }
-    sqlx::raw_sql("ROLLBACK")
-        .execute(&mut locker)
-        .await
-        .expect("unlock");
+    unlock(&mut locker).await;
     drop((per_upstream, whole_edge));
     mesh.stop().await;
 }
