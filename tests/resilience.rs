@@ -568,3 +568,34 @@ async fn an_upstream_named_by_dns_is_resolved_and_balanced_over() {
     drop(edge);
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_deadline_the_client_shortened_does_not_trip_the_breaker() {
+    let mesh = spawn_mesh_with(|c| c.catalog.redis_url = String::new()).await;
+    let id = with_product(&mesh, 10).await;
+    let edge = mesh
+        .spawn("edge", |c| {
+            let policy = c.edge.upstreams.0.get_mut("catalog").expect("catalog");
+            policy.breaker_threshold = 1;
+            policy.breaker_reset = Duration::from_secs(30);
+        })
+        .await;
+    let url = edge.url(&format!("/api/v1/products/{id}"));
+    let mut locker = lock_products(&mesh).await;
+    let r = mesh
+        .http
+        .get(&url)
+        .header("grpc-timeout", "50m")
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    unlock(&mut locker).await;
+    let (status, body) = get(&mesh.http, &url).await;
+    assert_eq!(
+        status, 200,
+        "the caller's own short deadline is not the service failing: {body}"
+    );
+    drop(edge);
+    mesh.stop().await;
+}

@@ -123,15 +123,18 @@ pub async fn unary(upstream: &Upstream, call: UnaryCall<'_>) -> Result<Bytes, Ap
             Ok(reply)
         }
         Err(status) => {
-            // A deadline the client shortened says nothing of the
-            // service's health.
-            let failure = is_transport_failure(&status)
-                || match status.code() {
-                    Code::Unavailable | Code::Internal | Code::Unknown | Code::DataLoss => true,
-                    Code::DeadlineExceeded => call.client_timeout.is_none_or(|t| t >= timeout),
-                    _ => false,
-                };
-            permit.finish(!failure);
+            let client_shortened = timeout < upstream.policy.timeout;
+            match status.code() {
+                // A deadline the client shortened says nothing of the
+                // service's health: the breaker hears no outcome.
+                Code::DeadlineExceeded if client_shortened => drop(permit),
+                Code::DeadlineExceeded
+                | Code::Unavailable
+                | Code::Internal
+                | Code::Unknown
+                | Code::DataLoss => permit.finish(false),
+                _ => permit.finish(!is_transport_failure(&status)),
+            }
             Err(ApiError::from(status))
         }
     }
