@@ -78,7 +78,8 @@ enum UsersCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    agora_kit::telemetry::init();
+    // Kept to the end of main: dropping it flushes the buffered log lines.
+    let _log_guard = agora_kit::telemetry::init();
     let config = match Config::load(cli.config.as_deref(), &Env::from_process()) {
         Ok(c) => c,
         Err(e) => {
