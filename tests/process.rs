@@ -229,3 +229,37 @@ async fn seeding_fills_the_catalog_that_the_edge_then_serves() {
     );
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_stalled_log_reader_does_not_hold_up_requests() {
+    let mesh = spawn_mesh().await;
+    // stdout is a pipe nobody reads: it fills after a few hundred access
+    // lines. Requests must go on regardless.
+    let edge = mesh
+        .spawn_process_with(
+            "edge",
+            common::free_port(),
+            &[("RUST_LOG", "info"), ("AGORA_LOG_FORMAT", "json")],
+            Stdio::piped(),
+        )
+        .await;
+    let url = edge.url("/api/v1/categories");
+    let started = Instant::now();
+    for i in 0..2000 {
+        let r = mesh
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i} got no answer: {e}"));
+        assert_eq!(r.status(), StatusCode::OK, "request {i}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "2000 requests took {:?}",
+        started.elapsed()
+    );
+    drop(edge);
+    mesh.stop().await;
+}

@@ -483,6 +483,20 @@ impl TestMesh {
         port: u16,
         env: &[(&str, &str)],
     ) -> AgoraProcess {
+        self.spawn_process_with(target, port, env, std::process::Stdio::null())
+            .await
+    }
+
+    /// Like [`spawn_process`](Self::spawn_process), with the process's
+    /// stdout (its log) going to `stdout`. An edge is ready when its
+    /// `/health` answers 200; a service when its gRPC health says SERVING.
+    pub async fn spawn_process_with(
+        &self,
+        target: &str,
+        port: u16,
+        env: &[(&str, &str)],
+        stdout: std::process::Stdio,
+    ) -> AgoraProcess {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let addr_var = format!("AGORA_{}_ADDR", target.to_uppercase());
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agora"));
@@ -493,43 +507,61 @@ impl TestMesh {
             .env("AGORA_ADMIN_ADDR", "127.0.0.1:0")
             .env("USER_SERVICE_URL", format!("http://{}", self.users_addr))
             .env(
+                "PRODUCT_SERVICE_URL",
+                format!("http://{}", self.catalog_addr),
+            )
+            .env(
                 "AGORA_CACHE_KEY_PREFIX",
                 &self.config.catalog.cache_key_prefix,
             )
+            .env("AGORA_EDGE_KEY_PREFIX", &self.config.edge.key_prefix)
+            .env("AGORA_EDGE_RATE_LIMIT_ANONYMOUS_PER_MINUTE", "0")
             .env("AGORA_SHUTDOWN_DRAIN_MS", "0")
             .env("AGORA_LOG_FORMAT", "text")
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null());
+            .stdout(stdout);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("agora starts");
         let process = AgoraProcess { addr, child };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .expect("url")
-                .connect()
-                .await
-            {
-                let serving = tonic_health::pb::health_client::HealthClient::new(channel)
-                    .check(tonic_health::pb::HealthCheckRequest::default())
-                    .await
-                    .is_ok_and(|r| r.get_ref().status == 1);
-                if serving {
-                    return process;
-                }
-            }
+        while !process.ready(target).await {
             assert!(
                 std::time::Instant::now() < deadline,
                 "agora --target {target} did not start serving on {addr}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        process
     }
 }
 
 impl AgoraProcess {
+    async fn ready(&self, target: &str) -> bool {
+        let url = format!("http://{}", self.addr);
+        if target == "edge" {
+            return reqwest::get(format!("{url}/health"))
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK);
+        }
+        let Ok(channel) = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .is_ok_and(|r| r.get_ref().status == 1)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.addr)
     }
