@@ -560,3 +560,46 @@ async fn an_edge_that_cannot_reach_the_users_service_answers_503_not_401() {
     let _ = tx.send(());
     task.await.expect("task").expect("stops cleanly");
 }
+
+#[tokio::test]
+async fn the_edge_verifies_credentials_with_the_upstream_its_setting_names() {
+    let mesh = spawn_mesh().await;
+    let (_, access) = mesh.customer("ana@example.com").await;
+    let users = format!("http://{}", mesh.users_addr);
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    // "users" (the routes' upstream) is unreachable; "accounts" is the real
+    // users service and the one that checks credentials.
+    let edge = mesh
+        .spawn("edge", |c| {
+            let mut accounts = c.edge.upstreams.0["users"].clone();
+            accounts.url = users;
+            c.edge.upstreams.0.insert("accounts".into(), accounts);
+            c.edge.upstreams.0.get_mut("users").expect("users").url = dead;
+            c.edge.auth_upstream = "accounts".into();
+        })
+        .await;
+    let r = mesh
+        .send(
+            mesh.http
+                .get(edge.url("/api/v1/products?pageSize=1"))
+                .bearer_auth(&access),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = mesh
+        .send(
+            mesh.http
+                .post(edge.url("/api/v1/reservations"))
+                .bearer_auth(&access)
+                .json(&json!({"items": []})),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_REQUEST,
+        "the token was verified through accounts and the call reached the catalog: {:?}",
+        r.body
+    );
+    drop(edge);
+    mesh.stop().await;
+}

@@ -339,3 +339,31 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ConfigError> {
 async fn openapi_json(State(state): State<Arc<EdgeState>>) -> Json<serde_json::Value> {
     Json((*state.openapi).clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_auth_upstream_must_be_configured_and_the_in_flight_cap_positive() {
+        let err = EdgeConfig::default()
+            .apply_env(&Env::from_pairs([("AGORA_EDGE_AUTH_UPSTREAM", "accounts")]))
+            .expect_err("not configured");
+        assert!(
+            err.to_string().contains("AGORA_EDGE_AUTH_UPSTREAM"),
+            "{err}"
+        );
+        let ok = EdgeConfig::default().apply_env(&Env::from_pairs([
+            ("AGORA_EDGE_AUTH_UPSTREAM", "accounts"),
+            ("AGORA_EDGE_ACCOUNTS_URL", "http://10.0.0.7:3001"),
+        ]));
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = EdgeConfig::default()
+            .apply_env(&Env::from_pairs([("AGORA_EDGE_MAX_IN_FLIGHT", "0")]))
+            .expect_err("zero");
+        assert!(
+            err.to_string().contains("AGORA_EDGE_MAX_IN_FLIGHT"),
+            "{err}"
+        );
+    }
+}
