@@ -26,8 +26,7 @@ use serde::{Deserialize, Serialize};
 use tower::retry::budget::TpsBudget;
 
 /// How the edge calls one upstream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
 pub struct UpstreamPolicy {
     /// gRPC URL of the service, e.g. `http://127.0.0.1:3001`; a comma list
     /// of several, or a DNS name with several addresses, is balanced over.
@@ -74,16 +73,58 @@ impl UpstreamPolicy {
     }
 }
 
-impl Default for UpstreamPolicy {
-    fn default() -> Self {
-        Self::defaults_for("")
-    }
-}
-
 /// The upstreams by name (`users`, `catalog`, `chat`, `analytics`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(transparent)]
 pub struct UpstreamsConfig(pub BTreeMap<String, UpstreamPolicy>);
+
+/// An `[edge.upstreams.<name>]` section: each field it sets overrides that
+/// upstream's own default; the rest keep it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicySection {
+    url: Option<String>,
+    timeout: Option<u64>,
+    retries: Option<u32>,
+    breaker_threshold: Option<u32>,
+    breaker_reset: Option<u64>,
+    max_in_flight: Option<usize>,
+}
+
+/// Sections in `agora.toml` are merged over the defaults: naming one
+/// upstream keeps the others, and a field left out keeps that upstream's
+/// default (analytics' differ from the rest).
+impl<'de> Deserialize<'de> for UpstreamsConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let sections = BTreeMap::<String, PolicySection>::deserialize(d)?;
+        let mut config = Self::default();
+        for (name, section) in sections {
+            let policy = config
+                .0
+                .entry(name.clone())
+                .or_insert_with(|| UpstreamPolicy::defaults_for(&name));
+            if let Some(url) = section.url {
+                policy.url = url;
+            }
+            if let Some(ms) = section.timeout {
+                policy.timeout = Duration::from_millis(ms);
+            }
+            if let Some(n) = section.retries {
+                policy.retries = n;
+            }
+            if let Some(n) = section.breaker_threshold {
+                policy.breaker_threshold = n;
+            }
+            if let Some(ms) = section.breaker_reset {
+                policy.breaker_reset = Duration::from_millis(ms);
+            }
+            if let Some(n) = section.max_in_flight {
+                policy.max_in_flight = n;
+            }
+        }
+        Ok(config)
+    }
+}
 
 impl Default for UpstreamsConfig {
     fn default() -> Self {
@@ -326,6 +367,25 @@ mod tests {
             err.to_string().contains("AGORA_EDGE_USERS_RETRIES"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_toml_section_overrides_only_what_it_names() {
+        let config: UpstreamsConfig =
+            toml::from_str("[analytics]\nurl = \"http://data:8000\"\n[catalog]\nretries = 1\n")
+                .expect("parses");
+        let analytics = &config.0["analytics"];
+        assert_eq!(analytics.url, "http://data:8000");
+        assert_eq!(
+            analytics.timeout,
+            Duration::from_secs(10),
+            "analytics' own default"
+        );
+        assert_eq!(analytics.breaker_threshold, 3);
+        assert_eq!(config.0["catalog"].retries, 1);
+        assert_eq!(config.0["catalog"].url, "http://127.0.0.1:3002");
+        assert!(config.0.contains_key("users"), "unnamed upstreams stay");
+        assert!(toml::from_str::<UpstreamsConfig>("[users]\nretry = 1\n").is_err());
     }
 
     #[test]
