@@ -13,8 +13,10 @@
 //! (default `postgres://postgres@127.0.0.1:5432/agora_bench_edge`) and
 //! Redis, creates one product, and prints for each path: peak throughput
 //! with `BENCH_CLIENTS` concurrent requests, then p50/p99 latency at half of
-//! the REST peak. A third row measures REST with the per-IP rate limit on
-//! (a Redis round trip per request), from a second edge process.
+//! the REST peak. Two more rows measure REST through an edge in its own
+//! process (over the network to the services, as when each target runs in
+//! its own pod), without and with the per-IP rate limit (a Redis round
+//! trip per request).
 
 use std::{
     io::Write as _,
@@ -296,29 +298,37 @@ async fn main() -> anyhow::Result<()> {
     let grpc_half = h2load(&grpc_args(&paced), &dir.join("grpc-half.log"))?;
     let rest_half = h2load(&rest_args(&rest_url, &paced), &dir.join("rest-half.log"))?;
 
-    // A second edge with the per-IP limit on: a Redis round trip per call.
-    let limited_port = free_port()?;
-    let mut limited = agora();
-    common(&mut limited);
-    limited
-        .args(["serve", "--target", "edge"])
-        .env("AGORA_EDGE_ADDR", format!("127.0.0.1:{limited_port}"))
-        .env("AGORA_ADMIN_ADDR", "127.0.0.1:0")
-        .env("AGORA_EDGE_RATE_LIMIT_ANONYMOUS_PER_MINUTE", "1000000000")
-        .env("USER_SERVICE_URL", format!("http://127.0.0.1:{users_port}"))
-        .env(
-            "PRODUCT_SERVICE_URL",
-            format!("http://127.0.0.1:{catalog_port}"),
-        );
-    let _limited = Process(limited.spawn()?);
-    let limited_edge = format!("http://127.0.0.1:{limited_port}");
-    wait_healthy(&http, &limited_edge).await?;
-    let limited_url = format!("{limited_edge}/api/v1/products/{id}");
-    h2load(&rest_args(&limited_url, &warm), &dir.join("warm.log"))?;
-    let rest_limited = h2load(
-        &rest_args(&limited_url, &peak),
-        &dir.join("rest-limited.log"),
-    )?;
+    // Edges in their own processes, as in a deployment with one target per
+    // pod: they reach the services over the loopback network (the edge of
+    // `agora serve` calls them in process). One plain, one with the per-IP
+    // limit on (a Redis round trip per call).
+    let remote_edge = |limited: bool| -> anyhow::Result<(Process, String)> {
+        let port = free_port()?;
+        let mut edge = agora();
+        common(&mut edge);
+        edge.args(["serve", "--target", "edge"])
+            .env("AGORA_EDGE_ADDR", format!("127.0.0.1:{port}"))
+            .env("AGORA_ADMIN_ADDR", "127.0.0.1:0")
+            .env("USER_SERVICE_URL", format!("http://127.0.0.1:{users_port}"))
+            .env(
+                "PRODUCT_SERVICE_URL",
+                format!("http://127.0.0.1:{catalog_port}"),
+            );
+        if limited {
+            edge.env("AGORA_EDGE_RATE_LIMIT_ANONYMOUS_PER_MINUTE", "1000000000");
+        }
+        Ok((Process(edge.spawn()?), format!("http://127.0.0.1:{port}")))
+    };
+    let mut remote = Vec::new();
+    for (limited, log) in [(false, "rest-remote.log"), (true, "rest-limited.log")] {
+        let (process, edge) = remote_edge(limited)?;
+        wait_healthy(&http, &edge).await?;
+        let url = format!("{edge}/api/v1/products/{id}");
+        h2load(&rest_args(&url, &warm), &dir.join("warm.log"))?;
+        remote.push(h2load(&rest_args(&url, &peak), &dir.join(log))?);
+        drop(process);
+    }
+    let (rest_remote, rest_limited) = (&remote[0], &remote[1]);
 
     println!(
         "GetProduct, {requests} requests, {clients} concurrent (h2load; REST over HTTP/1.1 keep-alive, gRPC over h2)"
@@ -335,8 +345,13 @@ async fn main() -> anyhow::Result<()> {
     };
     row("gRPC direct (peak)", &grpc);
     row("REST through the edge (peak)", &rest);
-    row("REST, rate limit on (peak)", &rest_limited);
+    row("REST, edge in its own process", rest_remote);
+    row("REST, own process, rate limit on", rest_limited);
     println!("ratio REST/gRPC at peak: {:.2}", rest.rps / grpc.rps);
+    println!(
+        "ratio with the edge in its own process: {:.2}",
+        rest_remote.rps / grpc.rps
+    );
     println!("at {half:.0} req/s (half the REST peak):");
     row("gRPC direct", &grpc_half);
     row("REST through the edge", &rest_half);

@@ -803,6 +803,13 @@ async fn reads_keep_working_when_redis_is_down() {
     );
     let health = mesh.get("/health", None).await;
     assert_eq!(health.body["status"], "healthy", "{:?}", health.body);
+    // The mesh runs every target in one process: the edge calls the
+    // catalog there, without sockets, and says so.
+    let catalog = health.body["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == "catalog"))
+        .expect("catalog health");
+    assert_eq!(catalog["endpoints"][0]["inProcess"], true, "{catalog}");
     let metrics = mesh
         .http
         .get(format!("{}/metrics", mesh.admin))

@@ -135,6 +135,7 @@ async fn killing_one_of_two_catalog_replicas_under_load_fails_no_reads() {
     );
     assert_eq!(ejected[0]["address"], a.addr.to_string());
     assert_eq!(ejected[0]["status"], "unhealthy", "{catalog}");
+    assert_eq!(ejected[0]["inProcess"], false, "another process: {catalog}");
     assert_eq!(
         catalog["status"], "healthy",
         "one serving replica keeps the service healthy: {catalog}"

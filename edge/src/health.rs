@@ -41,6 +41,8 @@ pub struct EndpointHealth {
     pub address: String,
     /// Whether the edge sends calls to it (not ejected for failing).
     pub in_rotation: bool,
+    /// Whether it runs in the edge's own process (called without sockets).
+    pub in_process: bool,
     /// Its own gRPC health: `healthy` or `unhealthy`.
     pub status: &'static str,
     pub error: Option<String>,
@@ -104,6 +106,7 @@ async fn check(upstream: &Upstream) -> ServiceHealth {
 }
 
 async fn check_endpoint(endpoint: EndpointView) -> EndpointHealth {
+    let in_process = endpoint.in_process;
     let mut client = HealthClient::new(endpoint.channel);
     let result = tokio::time::timeout(
         CHECK_TIMEOUT,
@@ -130,6 +133,7 @@ async fn check_endpoint(endpoint: EndpointView) -> EndpointHealth {
     EndpointHealth {
         address: endpoint.addr.to_string(),
         in_rotation: endpoint.in_rotation,
+        in_process,
         status,
         error,
     }

@@ -65,6 +65,8 @@ pub struct AttemptHint(Arc<AtomicU64>);
 pub struct EndpointView {
     pub addr: SocketAddr,
     pub in_rotation: bool,
+    /// Served by this process and called without sockets.
+    pub in_process: bool,
     pub channel: EndpointClient,
 }
 
@@ -149,6 +151,7 @@ impl Balanced {
             .map(|e| EndpointView {
                 addr: e.addr,
                 in_rotation: e.healthy(now),
+                in_process: crate::local::lookup(e.addr).is_some(),
                 channel: e.channel.clone(),
             })
             .collect()

@@ -7,7 +7,9 @@
 //!   [`crate::db`]), so PostgreSQL stops a query whose caller has given up
 //!   instead of finishing work nobody will read.
 //!
-//! tonic itself drops the handler when the deadline passes.
+//! When the deadline passes, the handler is dropped and the call answers
+//! DEADLINE_EXCEEDED; a call that fails after its deadline (a query that
+//! PostgreSQL stopped for it, say) answers the same, so callers learn why.
 
 use std::{
     task::{Context, Poll},
@@ -15,6 +17,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
+use tonic::body::Body;
 use tower::{Layer, Service};
 
 tokio::task_local! {
@@ -76,7 +79,7 @@ pub struct WithDeadline<S> {
 
 impl<S, B> Service<http::Request<B>> for WithDeadline<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -95,11 +98,31 @@ where
             .and_then(parse_grpc_timeout)
             .map(|t| Instant::now() + t);
         let fut = self.inner.call(req);
-        match deadline {
-            Some(deadline) => Box::pin(DEADLINE.scope(deadline, fut)),
-            None => Box::pin(fut),
-        }
+        let Some(deadline) = deadline else {
+            return Box::pin(fut);
+        };
+        Box::pin(async move {
+            let outcome =
+                tokio::time::timeout_at(deadline.into(), DEADLINE.scope(deadline, fut)).await;
+            match outcome {
+                Err(_) => Ok(exceeded()),
+                Ok(Ok(resp)) if failed(&resp) && Instant::now() >= deadline => Ok(exceeded()),
+                Ok(other) => other,
+            }
+        })
     }
+}
+
+/// Whether a response is a gRPC error answered in its headers (how unary
+/// handlers fail).
+fn failed(resp: &http::Response<Body>) -> bool {
+    resp.headers()
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() != b"0")
+}
+
+fn exceeded() -> http::Response<Body> {
+    tonic::Status::deadline_exceeded("the call's deadline passed before it finished").into_http()
 }
 
 #[cfg(test)]
@@ -125,5 +148,56 @@ mod tests {
         })
         .await;
         assert!(left.is_some_and(|d| d > Duration::from_secs(4)));
+    }
+
+    fn call_with_timeout(timeout: &str) -> http::Request<()> {
+        http::Request::builder()
+            .header("grpc-timeout", timeout)
+            .body(())
+            .expect("request")
+    }
+
+    fn grpc_status(resp: &http::Response<Body>) -> &str {
+        resp.headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+    }
+
+    #[tokio::test]
+    async fn a_handler_past_its_deadline_is_dropped_and_answers_deadline_exceeded() {
+        let slow = tower::service_fn(|_req: http::Request<()>| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+        });
+        let started = Instant::now();
+        let resp = tower::ServiceExt::oneshot(DeadlineLayer.layer(slow), call_with_timeout("50m"))
+            .await
+            .expect("infallible");
+        assert_eq!(grpc_status(&resp), "4");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_the_deadline_is_reported_as_the_deadline() {
+        // As when PostgreSQL cancels a statement at the deadline: the
+        // handler fails on its own, just after the deadline passed.
+        let failing = tower::service_fn(|_req: http::Request<()>| async {
+            std::thread::sleep(Duration::from_millis(30));
+            Ok::<_, std::convert::Infallible>(tonic::Status::internal("boom").into_http())
+        });
+        let resp =
+            tower::ServiceExt::oneshot(DeadlineLayer.layer(failing), call_with_timeout("10m"))
+                .await
+                .expect("infallible");
+        assert_eq!(grpc_status(&resp), "4");
+        // Before its deadline, the handler's own answer stands.
+        let early = tower::service_fn(|_req: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(tonic::Status::internal("boom").into_http())
+        });
+        let resp = tower::ServiceExt::oneshot(DeadlineLayer.layer(early), call_with_timeout("5S"))
+            .await
+            .expect("infallible");
+        assert_eq!(grpc_status(&resp), "13");
     }
 }

@@ -1,6 +1,8 @@
 //! Serving a tonic service the way every Agora service does: with
 //! `grpc.health.v1`, server reflection (v1 and v1alpha, so both current and
-//! older `grpcurl` work), the metrics layer, and the shared shutdown.
+//! older `grpcurl` work), the metrics layer, and the shared shutdown; and
+//! offering the same stack to components of this process (see
+//! [`crate::local`]).
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -8,7 +10,8 @@ use tonic::{service::Routes, transport::server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
-    auth::AuthLayer, deadline::DeadlineLayer, metrics::GrpcMetricsLayer, shutdown::Shutdown,
+    auth::AuthLayer, deadline::DeadlineLayer, local::LocalService, metrics::GrpcMetricsLayer,
+    shutdown::Shutdown,
 };
 
 /// Serves `routes` on `listener` until `shutdown` stops, reporting each of
@@ -63,17 +66,31 @@ pub async fn serve(
         }
     });
 
-    tonic::transport::Server::builder()
+    let stack = tower::ServiceBuilder::new()
         // Outermost, so the handler and everything it calls know the deadline.
         .layer(DeadlineLayer)
         .layer(GrpcMetricsLayer)
-        .layer(tower::util::option_layer(auth))
+        .layer(tower::util::option_layer(auth));
+    // Components of this process call the same stack without sockets,
+    // until the listener stops accepting.
+    let registration = crate::local::register(
+        listener
+            .local_addr()
+            .context("gRPC listener has no address")?,
+        LocalService::new(stack.service(routes.clone().prepare())),
+    );
+    let stop = shutdown.stopping_owned();
+    tonic::transport::Server::builder()
+        .layer(stack)
         .add_routes(routes)
         // Without TCP_NODELAY, a response's small HTTP/2 frames wait for
         // the peer's delayed ACK: about 40 ms on many calls.
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.stopping_owned(),
+            async move {
+                stop.await;
+                drop(registration);
+            },
         )
         .await
         .context("gRPC server failed")

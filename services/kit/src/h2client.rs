@@ -12,6 +12,9 @@
 //! closes before a call was written is replaced and the call sent on the
 //! new one (hyper's pool does this); a connection that cannot be made is
 //! reported as [`tonic::ConnectError`], so callers know the call never left.
+//!
+//! An address served by this same process is called in process instead
+//! (see [`crate::local`]).
 
 use std::{
     net::SocketAddr,
@@ -26,7 +29,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 use tonic::body::Body;
-use tower::Service;
+use tower::{Service, ServiceExt as _};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -38,6 +41,7 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// A lazily connected HTTP/2 client to one address.
 #[derive(Clone)]
 pub struct EndpointClient {
+    addr: SocketAddr,
     client: Client<HttpConnector, Body>,
     scheme: Scheme,
     authority: Authority,
@@ -57,6 +61,7 @@ impl EndpointClient {
             .http2_keep_alive_while_idle(true)
             .build(connector);
         Ok(Self {
+            addr,
             client,
             scheme: Scheme::HTTP,
             authority: addr
@@ -79,6 +84,16 @@ impl Service<http::Request<Body>> for EndpointClient {
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
+        if let Some(local) = crate::local::lookup(self.addr) {
+            // Served by this process: no sockets. The server sees what it
+            // would over the network, so the caller's extensions stay here.
+            parts.extensions = http::Extensions::new();
+            let req = http::Request::from_parts(parts, body);
+            return Box::pin(async move {
+                let Ok(resp) = local.oneshot(req).await;
+                Ok(resp)
+            });
+        }
         // tonic clients send only the path; this client knows the address.
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());

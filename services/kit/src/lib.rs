@@ -12,6 +12,7 @@
 //!   with outlier ejection and DNS re-resolution.
 //! - [`failure`]: whether a failed call reached the service, for retries.
 //! - [`h2client`]: the HTTP/2 client to one endpoint of an upstream.
+//! - [`local`]: calls between components of one process, without sockets.
 //! - [`breaker`]: a circuit breaker per upstream.
 //! - [`grpc`]: serving a tonic service with health, reflection and metrics.
 //! - [`shutdown`]: the drain/grace-period shutdown sequence.
@@ -36,6 +37,7 @@ pub mod failure;
 pub mod grpc;
 pub mod h2client;
 pub mod jwks;
+pub mod local;
 pub mod metrics;
 pub mod outbox;
 pub mod redis;
