@@ -56,6 +56,15 @@ impl Target {
         MODULES.iter().find(|m| m.0 == self).map_or("?", |m| m.1)
     }
 
+    /// The OpenTelemetry `service.name` of the component.
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Target::Users => agora_users::COMPONENT,
+            Target::Catalog => agora_catalog::COMPONENT,
+            Target::Edge => agora_edge::COMPONENT,
+        }
+    }
+
     pub fn deps(self) -> &'static [Target] {
         MODULES.iter().find(|m| m.0 == self).map_or(&[], |m| m.2)
     }
@@ -116,6 +125,9 @@ pub fn resolve(targets: &[Target]) -> Vec<Target> {
     for t in targets {
         visit(*t, &mut out);
     }
+    // Services start before the edge, whatever order they were named in,
+    // so the edge finds those of its own process where they listen.
+    out.sort_by_key(|t| MODULES.iter().position(|m| m.0 == *t));
     out
 }
 
@@ -312,6 +324,11 @@ mod tests {
         assert_eq!(
             "users, edge".parse::<Targets>().expect("valid").0,
             vec![Target::Users, Target::Edge]
+        );
+        // The edge starts after the services of its process.
+        assert_eq!(
+            "edge,catalog".parse::<Targets>().expect("valid").0,
+            vec![Target::Catalog, Target::Edge]
         );
         let err = "users,billing".parse::<Targets>().expect_err("unknown");
         assert!(

@@ -78,20 +78,30 @@ enum UsersCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Kept to the end of main: dropping it flushes the buffered log lines.
-    let _log_guard = agora_kit::telemetry::init();
-    let config = match Config::load(cli.config.as_deref(), &Env::from_process()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("agora: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("agora: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Trace export runs on the runtime; the guard, dropped before the
+    // runtime, flushes queued spans and log lines.
+    let entered = runtime.enter();
+    let services: Vec<&'static str> = match &cli.command {
+        Command::Serve { target } => target.0.iter().map(|t| t.service_name()).collect(),
+        _ => Vec::new(),
+    };
+    let _telemetry = agora_kit::telemetry::init(match &cli.command {
+        Command::Serve { .. } => agora_kit::telemetry::Mode::Serve(&services),
+        _ => agora_kit::telemetry::Mode::Cli,
+    });
+    drop(entered);
+    let config = match Config::load(cli.config.as_deref(), &Env::from_process()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agora: {e}");
+            return ExitCode::from(2);
         }
     };
     match runtime.block_on(run(cli.command, config)) {

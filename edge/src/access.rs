@@ -12,6 +12,9 @@ use agora_kit::metrics::HandleCache;
 use axum::{extract::Request, middleware::Next, response::Response};
 use http::{Method, StatusCode};
 use metrics::{Counter, Histogram};
+use opentelemetry::trace::TraceContextExt as _;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::proxy::RouteLabel;
 
@@ -22,16 +25,42 @@ use crate::proxy::RouteLabel;
 pub async fn record_metrics(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let request_id = req
+    let request_id: Arc<str> = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-        .to_owned();
+        .into();
+    // The server span, a child of the client's `traceparent` if it sent
+    // one; named by route template once routing has found it.
+    // Health probes would fill the trace store with noise.
+    let span = if path == "/health" {
+        tracing::Span::none()
+    } else {
+        tracing::info_span!(
+            "http.server",
+            otel.name = method.as_str(),
+            otel.kind = "server",
+            http.request.method = method.as_str(),
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            url.path = path.as_str(),
+            request_id = &*request_id,
+            otel.status_code = tracing::field::Empty,
+        )
+    };
+    let parent = agora_kit::trace::extract(req.headers());
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
     // A guard, so a request whose client went away still leaves the gauge.
     let _in_flight = InFlight::enter();
     let started = Instant::now();
-    let resp = next.run(req).await;
+    let mut resp = agora_kit::trace::in_component(
+        crate::COMPONENT,
+        REQUEST_ID.scope(request_id.clone(), next.run(req).instrument(span.clone())),
+    )
+    .await;
     let elapsed = started.elapsed();
     let route: Arc<str> = match path.as_str() {
         "/health" => Arc::clone(&HEALTH_LABEL),
@@ -42,11 +71,28 @@ pub async fn record_metrics(req: Request, next: Next) -> Response {
             .map_or_else(|| Arc::clone(&UNMATCHED_LABEL), |r| r.0.clone()),
     };
     let status = resp.status();
-    tracing::info!(
-        target: "agora_edge::access",
-        %method, %path, %route, status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1e3, request_id,
-        "request"
-    );
+    span.record("http.route", &*route);
+    // Started spans take a new name through OpenTelemetry itself.
+    span.context()
+        .span()
+        .update_name(format!("{method} {route}"));
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "error");
+    }
+    // W3C Trace Context level 2: the client learns the trace of its call.
+    if let Some(value) =
+        agora_kit::trace::traceparent(&span).and_then(|t| http::HeaderValue::from_str(&t).ok())
+    {
+        resp.headers_mut().insert("traceresponse", value);
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            target: "agora_edge::access",
+            %method, %path, %route, status = status.as_u16(), latency_ms = elapsed.as_secs_f64() * 1e3, request_id = &*request_id,
+            "request"
+        )
+    });
     let method = method_label(&method);
     let (histogram, counter) = HTTP_HANDLES.get(&(route.clone(), method, status), || {
         let labels = [
@@ -65,6 +111,16 @@ pub async fn record_metrics(req: Request, next: Next) -> Response {
     histogram.record(elapsed.as_secs_f64());
     counter.increment(1);
     resp
+}
+
+tokio::task_local! {
+    static REQUEST_ID: Arc<str>;
+}
+
+/// The request being answered: its id and, when traced, its trace id.
+pub fn current_request() -> Option<(String, Option<String>)> {
+    let id = REQUEST_ID.try_with(|id| id.to_string()).ok()?;
+    Some((id, agora_kit::trace::current_ids().map(|(trace, _)| trace)))
 }
 
 /// The `method` label: standard methods by name, anything else as `OTHER`,

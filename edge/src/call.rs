@@ -15,6 +15,7 @@
 //! 5. the breaker hears the call's outcome once, after its retries.
 
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use agora_kit::{
     balance::{AttemptHint, NotSent, is_transport_failure},
@@ -85,7 +86,7 @@ pub async fn unary(upstream: &Upstream, call: UnaryCall<'_>) -> Result<Bytes, Ap
     upstream.budget.deposit();
     let mut attempt = 0u32;
     let outcome = loop {
-        let result = attempt_once(upstream, &call, deadline, &hint).await;
+        let result = attempt_once(upstream, &call, deadline, &hint, attempt + 1).await;
         let status = match result {
             Ok(reply) => break Ok(reply),
             Err(status) => status,
@@ -146,6 +147,7 @@ async fn attempt_once(
     call: &UnaryCall<'_>,
     deadline: Instant,
     hint: &AttemptHint,
+    attempt_no: u32,
 ) -> Result<Bytes, Status> {
     let remaining = deadline.saturating_duration_since(Instant::now());
     if remaining.is_zero() {
@@ -158,6 +160,10 @@ async fn attempt_once(
     req.set_timeout(remaining);
     req.extensions_mut().insert(hint.clone());
     let mut client = tonic::client::Grpc::new(upstream.channel.clone());
+    // One client span per attempt, so retries show as such in the trace.
+    let span = agora_kit::trace::rpc_span(call.path.path(), false);
+    span.record("agora.upstream", &*upstream.name);
+    span.record("agora.attempt", attempt_no);
     // The deadline travels as grpc-timeout and also holds here, should the
     // service not answer at all (a black-holed connection).
     let attempt = async {
@@ -167,7 +173,10 @@ async fn attempt_once(
         })?;
         client.unary(req, call.path.clone(), RawCodec).await
     };
-    match tokio::time::timeout(remaining, attempt).await {
+    let result = match tokio::time::timeout(remaining, attempt)
+        .instrument(span.clone())
+        .await
+    {
         Ok(Ok(reply)) => Ok(reply.into_inner()),
         // tonic servers report an expired grpc-timeout as CANCELLED; past
         // the deadline, clients should see DEADLINE_EXCEEDED (504).
@@ -178,7 +187,12 @@ async fn attempt_once(
         Err(_) => Err(Status::deadline_exceeded(
             "the service did not answer in time",
         )),
+    };
+    match &result {
+        Ok(_) => agora_kit::trace::record_code(&span, 0, None, false),
+        Err(s) => agora_kit::trace::record_code(&span, s.code() as i32, Some(s.message()), false),
     }
+    result
 }
 
 /// Whether a status carries a `google.rpc.RetryInfo` detail.

@@ -28,7 +28,26 @@ pub struct ApiError {
 struct StatusBody<'a> {
     code: i32,
     message: &'a str,
-    details: Vec<RetryInfo>,
+    details: Vec<Detail>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Detail {
+    Retry(RetryInfo),
+    Request(RequestInfo),
+}
+
+/// `google.rpc.RequestInfo`: the request id (as in `x-request-id`) and, as
+/// its serving data, the trace id, so a bug report leads to the trace.
+#[derive(Serialize)]
+struct RequestInfo {
+    #[serde(rename = "@type")]
+    type_url: &'static str,
+    #[serde(rename = "requestId")]
+    request_id: String,
+    #[serde(rename = "servingData", skip_serializing_if = "String::is_empty")]
+    serving_data: String,
 }
 
 /// `google.rpc.RetryInfo` in its proto3 JSON form.
@@ -123,14 +142,25 @@ pub fn http_status(code: Code) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let details = self
+        let mut details: Vec<Detail> = self
             .retry_after
             .iter()
-            .map(|d| RetryInfo {
-                type_url: "type.googleapis.com/google.rpc.RetryInfo",
-                retry_delay: format!("{}.{:03}s", d.as_secs(), d.subsec_millis()),
+            .map(|d| {
+                Detail::Retry(RetryInfo {
+                    type_url: "type.googleapis.com/google.rpc.RetryInfo",
+                    retry_delay: format!("{}.{:03}s", d.as_secs(), d.subsec_millis()),
+                })
             })
             .collect();
+        if let Some((request_id, trace_id)) = crate::access::current_request() {
+            details.push(Detail::Request(RequestInfo {
+                type_url: "type.googleapis.com/google.rpc.RequestInfo",
+                request_id,
+                serving_data: trace_id
+                    .map(|t| format!("trace_id={t}"))
+                    .unwrap_or_default(),
+            }));
+        }
         let body = serde_json::to_vec(&StatusBody {
             code: self.code as i32,
             message: &self.message,

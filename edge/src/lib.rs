@@ -61,6 +61,9 @@ use crate::{
     upstream::{Upstreams, UpstreamsConfig},
 };
 
+/// The edge's `service.name` in traces.
+pub const COMPONENT: &str = "agora-edge";
+
 /// Edge settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -498,7 +498,9 @@ impl TestMesh {
         stdout: std::process::Stdio,
     ) -> AgoraProcess {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let addr_var = format!("AGORA_{}_ADDR", target.to_uppercase());
+        // With several targets, `port` is the first one's.
+        let first = target.split(',').next().unwrap_or(target);
+        let addr_var = format!("AGORA_{}_ADDR", first.to_uppercase());
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agora"));
         cmd.args(["serve", "--target", target])
             .env("DATABASE_URL", &self.database.url)
@@ -540,7 +542,7 @@ impl TestMesh {
 impl AgoraProcess {
     async fn ready(&self, target: &str) -> bool {
         let url = format!("http://{}", self.addr);
-        if target == "edge" {
+        if target.starts_with("edge") {
             return reqwest::get(format!("{url}/health"))
                 .await
                 .is_ok_and(|r| r.status() == StatusCode::OK);

@@ -43,6 +43,8 @@ use crate::{api::CatalogService, cache::ProductCache, store::Store};
 
 /// The gRPC service name, as reported by health checks.
 pub const SERVICE_NAME: &str = "agora.catalog.v1.CatalogService";
+/// The component\'s `service.name` in traces.
+pub const COMPONENT: &str = "agora-catalog";
 /// The PostgreSQL schema this service owns.
 pub const SCHEMA: &str = "catalog";
 
@@ -208,6 +210,7 @@ impl CatalogComponent {
         ));
         let routes = tonic::service::Routes::new(CatalogServiceServer::new(self.service));
         let served = agora_kit::grpc::serve(
+            COMPONENT,
             self.listener,
             &[SERVICE_NAME],
             routes,

@@ -11,13 +11,15 @@ use tonic_health::ServingStatus;
 
 use crate::{
     auth::AuthLayer, deadline::DeadlineLayer, local::LocalService, metrics::GrpcMetricsLayer,
-    shutdown::Shutdown,
+    shutdown::Shutdown, trace::ServerSpanLayer,
 };
 
-/// Serves `routes` on `listener` until `shutdown` stops, reporting each of
+/// Serves `routes` on `listener` as `component` (its `service.name` in
+/// traces) until `shutdown` stops, reporting each of
 /// `service_names` (and the overall "" service) SERVING until draining starts.
 /// `auth` checks every call against the contracts' access policy.
 pub async fn serve(
+    component: &'static str,
     listener: TcpListener,
     service_names: &[&'static str],
     routes: Routes,
@@ -67,7 +69,9 @@ pub async fn serve(
     });
 
     let stack = tower::ServiceBuilder::new()
-        // Outermost, so the handler and everything it calls know the deadline.
+        // Outermost, so the span covers everything, deadline answers too.
+        .layer(ServerSpanLayer::new(component))
+        // Next, so the handler and everything it calls know the deadline.
         .layer(DeadlineLayer)
         .layer(GrpcMetricsLayer)
         .layer(tower::util::option_layer(auth));

@@ -84,6 +84,8 @@ impl Service<http::Request<Body>> for EndpointClient {
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
+        // The service continues the caller's trace.
+        crate::trace::inject_current(&mut parts.headers);
         if let Some(local) = crate::local::lookup(self.addr) {
             // Served by this process: no sockets. The server sees what it
             // would over the network, so the caller's extensions stay here.

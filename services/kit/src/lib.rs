@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: layered configuration (defaults < `agora.toml` < environment)
 //!   and errors that name the offending setting.
-//! - [`telemetry`]: structured JSON logs.
+//! - [`telemetry`]: structured JSON logs with trace ids.
+//! - [`trace`]: OpenTelemetry spans exported by OTLP, W3C trace context.
 //! - [`metrics`]: the process-wide Prometheus registry and the gRPC server
 //!   metrics layer.
 //! - [`admin`]: the admin HTTP server (`/metrics`, `/livez`, `/readyz`).
@@ -43,6 +44,7 @@ pub mod outbox;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 /// The `google.rpc.ErrorInfo` domain of errors Agora's services report.
 pub const ERROR_DOMAIN: &str = "agora";

@@ -1,45 +1,118 @@
-//! Structured logs: JSON lines with the span context, filtered by `RUST_LOG`
-//! (default `info`). Trace export by OTLP attaches here in a later step.
+//! Logs and traces.
+//!
+//! Logs: JSON lines (`AGORA_LOG_FORMAT=text` for people) filtered by
+//! `RUST_LOG` (default `info`), with `trace_id` and `span_id` when written
+//! inside a traced call. Command-line tools log human text to stderr at
+//! `warn` unless `RUST_LOG` asks for more.
 //!
 //! Lines are written by a background thread through a bounded buffer, so a
 //! request never waits on stdout (a slow log collector, a full pipe). When
 //! the buffer is full, lines are dropped rather than queued without bound;
 //! `agora_log_lines_dropped_total` counts them.
+//!
+//! Traces: see [`crate::trace`].
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
+use tracing::{Event, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use tracing_subscriber::{
+    EnvFilter, Layer as _,
+    filter::{Targets, filter_fn},
+    fmt::{
+        FmtContext, FormatEvent, FormatFields,
+        format::{self, Writer},
+    },
+    prelude::*,
+    registry::LookupSpan,
+};
+
+use crate::trace::{SqlSpans, Tracing};
 
 /// Lines the log buffer holds before it drops new ones.
 const BUFFERED_LINES: usize = 64 * 1024;
 
-/// Installs the global subscriber. Call once, from `main`, and keep the
-/// guard until the process ends: dropping it flushes buffered lines.
-pub fn init() -> WorkerGuard {
+/// What the process is: a server (JSON logs to stdout, traces) or a
+/// command-line tool (text to stderr, quiet).
+pub enum Mode<'a> {
+    /// Serving; the service names (`agora-edge`, …) of its components.
+    Serve(&'a [&'static str]),
+    Cli,
+}
+
+/// Keeps logging and tracing alive; dropping it flushes both.
+pub struct Telemetry {
+    // Field order is drop order: spans first (their export may log), then
+    // the log writer.
+    _tracing: Option<Tracing>,
+    _log: WorkerGuard,
+}
+
+/// Installs the global subscriber. Call once, inside the Tokio runtime
+/// (trace export runs on it), and keep the guard until the process ends.
+pub fn init(mode: Mode<'_>) -> Telemetry {
+    let components = match mode {
+        Mode::Cli => return init_cli(),
+        Mode::Serve(components) => components,
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("AGORA_LOG_FORMAT")
         .map(|f| f != "text")
         .unwrap_or(true);
-    let (writer, guard) = NonBlockingBuilder::default()
+    let (writer, log_guard) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(BUFFERED_LINES)
         .thread_name("log-writer")
         .finish(std::io::stdout());
     let dropped = writer.error_counter();
-    let registry = tracing_subscriber::registry().with(filter);
-    if json {
-        registry
-            .with(
-                fmt::layer()
+    let logs = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .event_format(WithTraceIds(
+                format::format()
                     .json()
                     .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(writer),
-            )
-            .init();
+                    .with_span_list(false),
+            ))
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed()
     } else {
-        registry.with(fmt::layer().with_writer(writer)).init();
+        tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed()
+    };
+    let (tracing, trace_error) = match crate::trace::pipeline(components) {
+        Ok(t) => (Some(t), None),
+        Err(e) => (None, Some(e)),
+    };
+    let spans = tracing.as_ref().map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t.tracer())
+            .with_location(false)
+            .with_threads(false)
+            .with_level(false)
+            .with_target(false)
+            .with_error_events_to_exceptions(false)
+            .with_filter(filter_fn(|meta| {
+                meta.target().starts_with("agora")
+                    && (meta.is_span() || *meta.level() <= tracing::Level::WARN)
+            }))
+    });
+    let sql = tracing.as_ref().map(|t| {
+        SqlSpans::new(t.tracer())
+            .with_filter(Targets::new().with_target("sqlx::query", tracing::Level::DEBUG))
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .with(sql)
+        .init();
+    if let Some(e) = trace_error {
+        tracing::warn!(error = format!("{e:#}"), "trace export is off");
     }
     // Dropped lines become a metric (the registry is process-wide; reading
     // the counter is a relaxed atomic load every few seconds).
@@ -59,5 +132,63 @@ pub fn init() -> WorkerGuard {
                 }
             }
         });
-    guard
+    Telemetry {
+        _tracing: tracing,
+        _log: log_guard,
+    }
+}
+
+fn init_cli() -> Telemetry {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let (writer, log_guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .without_time()
+                .with_target(false)
+                .with_writer(writer)
+                .with_filter(filter),
+        )
+        .init();
+    Telemetry {
+        _tracing: None,
+        _log: log_guard,
+    }
+}
+
+/// Puts `trace_id` and `span_id` first in each JSON line written inside a
+/// traced span.
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let ids = ctx
+            .lookup_current()
+            .and_then(|_| crate::trace::current_ids());
+        let Some((trace_id, span_id)) = ids else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::with_capacity(256);
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
+            ),
+            None => writer.write_str(&line),
+        }
+    }
 }

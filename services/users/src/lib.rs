@@ -45,6 +45,8 @@ use crate::{
 
 /// The gRPC service name, as reported by health checks.
 pub const SERVICE_NAME: &str = "agora.users.v1.UsersService";
+/// The component\'s `service.name` in traces.
+pub const COMPONENT: &str = "agora-users";
 /// The PostgreSQL schema this service owns.
 pub const SCHEMA: &str = "users";
 
@@ -309,6 +311,7 @@ impl UsersComponent {
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let routes = tonic::service::Routes::new(UsersServiceServer::new(self.service));
         agora_kit::grpc::serve(
+            COMPONENT,
             self.listener,
             &[SERVICE_NAME],
             routes,
