@@ -204,7 +204,9 @@ fn assert_product_read(spans: &[Received]) {
     );
 
     let attempt = find(spans, |s| {
-        s.service == "agora-edge" && s.span.kind == SpanKind::Client as i32
+        s.service == "agora-edge"
+            && s.span.kind == SpanKind::Client as i32
+            && s.attr("rpc.system").as_deref() == Some("grpc")
     })
     .expect("upstream attempt span");
     assert_eq!(attempt.parent_id(), edge.span_id());
@@ -222,6 +224,13 @@ fn assert_product_read(spans: &[Received]) {
         Some("agora.catalog.v1.CatalogService")
     );
     assert_eq!(handler.attr("rpc.method").as_deref(), Some("GetProduct"));
+
+    let redis = find(spans, |s| {
+        s.service == "agora-catalog" && s.attr("db.system").as_deref() == Some("redis")
+    })
+    .expect("Redis span of the cache lookup");
+    assert_eq!(redis.parent_id(), handler.span_id());
+    assert_eq!(redis.span.name, "GET");
 
     let sql = find(spans, |s| {
         s.service == "agora-catalog"
@@ -448,6 +457,120 @@ async fn a_dead_collector_does_not_slow_requests() {
     assert!(
         dead < none * 2.0 + 2.0,
         "a dead collector slowed reads: p50 {dead:.2} ms vs {none:.2} ms without export"
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn log_lines_inside_a_request_carry_its_trace_and_span_ids() {
+    // No collector: spans still have ids, so logs link to the traces an
+    // operator's other tools (or a later export) hold.
+    let mesh = spawn_mesh().await;
+    let staff = staff(&mesh).await;
+    let id = new_product(&mesh, &staff, "logged").await;
+    let log_path = std::env::temp_dir().join(format!("agora-log-{}.jsonl", uuid::Uuid::new_v4()));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let env = [
+        ("AGORA_LOG_FORMAT", "json"),
+        ("RUST_LOG", "info"),
+        ("AGORA_CATALOG_ADDR", "127.0.0.1:0"),
+    ];
+    let edge = mesh
+        .spawn_process_with("edge,catalog", free_port(), &env, log.into())
+        .await;
+    let resp = traced_read(&mesh, &edge.url(""), &id).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let traceresponse = resp
+        .headers()
+        .get("traceresponse")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let edge_span = traceresponse
+        .split('-')
+        .nth(2)
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(edge_span.len(), 16, "{traceresponse:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&log_path).expect("log");
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| {
+                l["fields"]["message"] == "request"
+                    && l["fields"]["route"] == "/api/v1/products/{id}"
+            });
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "no access log line in {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(line["trace_id"], TRACE_ID, "{line}");
+    assert_eq!(line["span_id"], edge_span, "{line}");
+    let _ = std::fs::remove_file(&log_path);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_authenticated_by_api_key_stays_one_trace_through_the_users_service() {
+    let (collector, otlp) = Collector::start().await;
+    let mesh = spawn_mesh().await;
+    let staff = staff(&mesh).await;
+    let id = new_product(&mesh, &staff, "keyed").await;
+    let (_, access) = mesh.customer("keyed@example.com").await;
+    let r = mesh
+        .post(
+            "/api/v1/api-keys",
+            Some(&access),
+            json!({"name": "traced", "permissions": ["users.read"], "rateLimitPerMinute": 600}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let secret = r.body["secret"].as_str().expect("secret").to_owned();
+
+    // Users, catalog and edge each in their own process, all traced: the
+    // edge and the catalog both ask the users service about the key.
+    let env = otel_env(otlp);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let users = mesh.spawn_process("users", free_port(), &env).await;
+    let users_url = users.grpc_url();
+    env.push(("USER_SERVICE_URL", &users_url));
+    let catalog = mesh.spawn_process("catalog", free_port(), &env).await;
+    let catalog_url = catalog.grpc_url();
+    env.push(("AGORA_EDGE_CATALOG_URL", &catalog_url));
+    let edge = mesh.spawn_process("edge", free_port(), &env).await;
+
+    let resp = mesh
+        .http
+        .get(edge.url(&format!("/api/v1/products/{id}")))
+        .header("traceparent", PARENT)
+        .header("x-api-key", &secret)
+        .send()
+        .await
+        .expect("edge answers");
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let by_catalog = |spans: &[Received]| {
+        let handler = server_span(spans, "agora-catalog")?;
+        find(spans, |s| {
+            s.service == "agora-users"
+                && s.span.kind == SpanKind::Server as i32
+                && s.parent_id() == handler.span_id()
+        })
+        .cloned()
+    };
+    let spans = collector
+        .trace(TRACE_ID, |s| complete(s) && by_catalog(s).is_some())
+        .await;
+    assert_product_read(&spans);
+    let users_span = by_catalog(&spans).expect("users span under the catalog");
+    assert_eq!(
+        users_span.attr("rpc.service").as_deref(),
+        Some("agora.users.v1.UsersService")
     );
     mesh.stop().await;
 }

@@ -12,6 +12,7 @@
 //! - Without Redis, requests run without this protection (and a warning is
 //!   logged once per outage); the catalog's own reservation keys still hold.
 
+use agora_kit::redis::traced;
 use std::{sync::Arc, time::Duration};
 
 use agora_kit::redis::SharedRedis;
@@ -116,15 +117,17 @@ impl IdempotencyStore {
             Ok(p) => p,
             Err(_) => return Begin::Unprotected,
         };
-        let claimed = client
-            .set::<Option<String>, _, _>(
+        let claimed = traced(
+            "SET",
+            client.set::<Option<String>, _, _>(
                 &redis_key,
                 pending,
                 Some(Expiration::PX(lease.as_millis() as i64)),
                 Some(SetOptions::NX),
                 false,
-            )
-            .await;
+            ),
+        )
+        .await;
         match claimed {
             Ok(Some(_)) => {
                 return Begin::Run(Claim {
@@ -138,7 +141,7 @@ impl IdempotencyStore {
                 return Begin::Unprotected;
             }
         }
-        let stored = match client.get::<Option<String>, _>(&redis_key).await {
+        let stored = match traced("GET", client.get::<Option<String>, _>(&redis_key)).await {
             Ok(Some(s)) => s,
             // Released between the two commands (the first answer was not
             // kept): the client's next retry claims it.
@@ -178,7 +181,9 @@ impl IdempotencyStore {
         let client = redis.always();
         let retry_invited = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
         let result = if retry_invited {
-            client.del::<i64, _>(&claim.key).await.map(drop)
+            traced("DEL", client.del::<i64, _>(&claim.key))
+                .await
+                .map(drop)
         } else {
             let record = Record {
                 f: claim.fingerprint,
@@ -188,15 +193,17 @@ impl IdempotencyStore {
             let Ok(record) = serde_json::to_string(&record) else {
                 return;
             };
-            client
-                .set::<(), _, _>(
+            traced(
+                "SET",
+                client.set::<(), _, _>(
                     &claim.key,
                     record,
                     Some(Expiration::PX(RETENTION.as_millis() as i64)),
                     None,
                     false,
-                )
-                .await
+                ),
+            )
+            .await
         };
         if let Err(e) = result {
             failed(redis, "idempotency_store", &e);

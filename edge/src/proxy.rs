@@ -46,8 +46,6 @@ const FORWARDED: &[&str] = &[
     API_KEY_HEADER,
     "idempotency-key",
     "x-request-id",
-    "traceparent",
-    "tracestate",
 ];
 
 pub async fn handle(State(state): State<Arc<EdgeState>>, req: Request) -> Response {

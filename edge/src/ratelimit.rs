@@ -212,10 +212,12 @@ impl RateLimiter {
         {
             let key = format!("{}{}", self.prefix, subject.key);
             let args = vec![interval_ms.to_string(), subject.per_minute.to_string()];
-            match self
-                .script
-                .evalsha_with_reload::<Vec<i64>, _, _>(client, key, args)
-                .await
+            match agora_kit::redis::traced(
+                "EVALSHA",
+                self.script
+                    .evalsha_with_reload::<Vec<i64>, _, _>(client, key, args),
+            )
+            .await
             {
                 Ok(v) if v.len() == 4 => {
                     let ms = |x: i64| Duration::from_millis(x.max(0) as u64);

@@ -10,7 +10,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use agora_kit::redis::SharedRedis;
+use agora_kit::redis::{SharedRedis, traced};
 use fred::prelude::{Expiration, KeysInterface as _};
 use uuid::Uuid;
 
@@ -51,7 +51,7 @@ impl ProductCache {
             metrics::counter!("catalog_cache_requests_total", "result" => "skipped").increment(1);
             return None;
         };
-        match client.get::<Option<Vec<u8>>, _>(self.key(id)).await {
+        match traced("GET", client.get::<Option<Vec<u8>>, _>(self.key(id))).await {
             Ok(hit) => {
                 metrics::counter!("catalog_cache_requests_total", "result" => if hit.is_some() { "hit" } else { "miss" })
                     .increment(1);
@@ -68,9 +68,11 @@ impl ProductCache {
         let Some(redis) = &self.redis else { return };
         let Some(client) = redis.client() else { return };
         let ttl = Expiration::EX(self.ttl.as_secs().max(1) as i64);
-        if let Err(e) = client
-            .set::<(), _, _>(self.key(id), bytes, Some(ttl), None, false)
-            .await
+        if let Err(e) = traced(
+            "SET",
+            client.set::<(), _, _>(self.key(id), bytes, Some(ttl), None, false),
+        )
+        .await
         {
             degraded(redis, "set", &e);
         }
@@ -81,7 +83,7 @@ impl ProductCache {
     /// entry cannot be stale for longer than its TTL, kept short for that.
     pub async fn invalidate(&self, id: Uuid) {
         let Some(redis) = &self.redis else { return };
-        if let Err(e) = redis.always().del::<i64, _>(self.key(id)).await {
+        if let Err(e) = traced("DEL", redis.always().del::<i64, _>(self.key(id))).await {
             degraded(redis, "del", &e);
         }
     }

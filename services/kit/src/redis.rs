@@ -126,3 +126,28 @@ impl SharedRedis {
         }
     }
 }
+
+/// Runs one Redis command (`op`, e.g. `GET`) in a client span, per the
+/// database conventions; a failure marks the span as an error.
+pub async fn traced<T>(
+    op: &'static str,
+    command: impl Future<Output = Result<T, fred::error::Error>>,
+) -> Result<T, fred::error::Error> {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "redis",
+        otel.name = op,
+        otel.kind = "client",
+        db.system = "redis",
+        db.system.name = "redis",
+        db.operation.name = op,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    let result = command.instrument(span.clone()).await;
+    if let Err(e) = &result {
+        span.record("otel.status_code", "error");
+        span.record("otel.status_description", e.to_string());
+    }
+    result
+}
