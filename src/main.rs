@@ -117,6 +117,11 @@ fn main() -> ExitCode {
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Serve { target } => {
+            agora_kit::metrics::handle();
+            metrics::gauge!("agora_build_info",
+                "version" => env!("CARGO_PKG_VERSION"),
+                "commit" => option_env!("AGORA_GIT_COMMIT").unwrap_or("unknown"))
+            .set(1.0);
             let stop = agora_kit::shutdown::signal().context("cannot listen for SIGTERM/SIGINT")?;
             let app = App::build(config, &target).await?;
             app.run_until_stopped(stop).await

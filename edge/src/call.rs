@@ -155,6 +155,7 @@ async fn attempt_once(
             "the service did not answer in time",
         ));
     }
+    upstream.attempts.increment(1);
     let mut req = tonic::Request::new(call.body.clone());
     *req.metadata_mut() = call.metadata.clone();
     req.set_timeout(remaining);

@@ -263,6 +263,8 @@ pub struct Upstream {
     pub in_flight: AtomicUsize,
     /// `upstream_request_duration_seconds{upstream}`, registered once.
     pub latency: metrics::Histogram,
+    /// `agora_upstream_attempts_total`: calls sent, retries included.
+    pub attempts: metrics::Counter,
 }
 
 /// Every configured upstream.
@@ -288,6 +290,7 @@ impl Upstreams {
                     budget: TpsBudget::new(Duration::from_secs(10), 10, 0.2),
                     in_flight: AtomicUsize::new(0),
                     latency: metrics::histogram!("upstream_request_duration_seconds", "upstream" => name.clone()),
+                    attempts: metrics::counter!("agora_upstream_attempts_total", "upstream" => name.clone()),
                     policy: policy.clone(),
                     channel,
                 }),

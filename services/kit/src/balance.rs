@@ -384,7 +384,22 @@ impl Service<http::Request<Body>> for Balanced {
             }
             ep.in_flight.fetch_add(1, Ordering::Relaxed);
             let _guard = InFlight(ep.clone());
-            match ep.channel.clone().oneshot(req).await {
+            let uri = req.uri().clone();
+            let started = Instant::now();
+            let result = ep.channel.clone().oneshot(req).await;
+            // A status in the headers is how calls fail; success is in the
+            // trailers. A call that got no answer at all is UNAVAILABLE.
+            let code = match &result {
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+                Err(_) => tonic::Code::Unavailable,
+            };
+            crate::metrics::record_client_call(uri.path(), code, started.elapsed());
+            match result {
                 Ok(resp) => {
                     if refused_by_server(&resp) {
                         inner.failed(&ep);

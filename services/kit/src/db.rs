@@ -116,7 +116,7 @@ pub async fn connect(config: &DatabaseConfig, schema: &str) -> anyhow::Result<Pg
         tracing::debug!(error = %e, schema, "schema creation raced");
     }
 
-    PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
         // Each statement gets what is left of the served call's deadline
@@ -132,7 +132,9 @@ pub async fn connect(config: &DatabaseConfig, schema: &str) -> anyhow::Result<Pg
         // `public` stays reachable for extensions installed there by others.
         .connect_with(base.options([("search_path", format!("{schema},public"))]))
         .await
-        .context("Failed to connect to PostgreSQL")
+        .context("Failed to connect to PostgreSQL")?;
+    crate::metrics::watch_pool(schema, &pool);
+    Ok(pool)
 }
 
 /// Sets `statement_timeout` to what is left of the current call's deadline,

@@ -16,9 +16,11 @@ use futures::future::BoxFuture;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tower::{Layer, Service};
 
-/// Latency buckets in seconds, from sub-millisecond cache hits to timeouts.
+/// Latency buckets in seconds: the seed's boundaries (0.1 to 10 s, which
+/// its dashboards use) plus finer ones below 0.1 s, where the edge and
+/// cached reads answer.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.3, 0.5, 0.7, 1.0, 3.0, 5.0, 7.0, 10.0,
 ];
 
 /// How often buffered histogram samples are folded into their buckets.
@@ -78,6 +80,7 @@ pub fn handle() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
         }
+        PROCESS.describe();
         // Histogram samples wait in a buffer until drained into their
         // buckets; drain it on a schedule, so memory stays bounded even
         // when nothing scrapes /metrics.
@@ -97,9 +100,42 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// Renders every metric in the Prometheus text format.
+/// Renders every metric in the Prometheus text format, with the process's
+/// and the database pools' figures read now.
 pub fn render() -> String {
-    handle().render()
+    let handle = handle();
+    PROCESS.collect();
+    let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+    pools.retain(|(_, pool)| !pool.is_closed());
+    for (pool_name, pool) in pools.iter() {
+        let idle = pool.num_idle() as f64;
+        let size = f64::from(pool.size());
+        metrics::gauge!("agora_db_pool_connections", "pool" => pool_name.clone(), "state" => "idle")
+            .set(idle);
+        metrics::gauge!("agora_db_pool_connections", "pool" => pool_name.clone(), "state" => "in_use")
+            .set((size - idle).max(0.0));
+        metrics::gauge!("agora_db_pool_max_connections", "pool" => pool_name.clone())
+            .set(f64::from(pool.options().get_max_connections()));
+    }
+    drop(pools);
+    handle.render()
+}
+
+/// Process figures (`process_resident_memory_bytes`,
+/// `process_cpu_seconds_total`, `process_open_fds`, `process_threads`, …),
+/// read at each scrape.
+static PROCESS: LazyLock<metrics_process::Collector> =
+    LazyLock::new(metrics_process::Collector::default);
+
+/// Database pools reported at each scrape, by name (their schema).
+static POOLS: std::sync::Mutex<Vec<(String, sqlx::PgPool)>> = std::sync::Mutex::new(Vec::new());
+
+/// Reports `pool`'s connections (idle, in use, the maximum) as `name`.
+pub fn watch_pool(name: &str, pool: &sqlx::PgPool) {
+    POOLS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((name.to_owned(), pool.clone()));
 }
 
 // === impl GrpcMetricsLayer ===
@@ -166,7 +202,10 @@ where
             };
             let handles = GRPC_HANDLES.get(path, || {
                 let (service, method) = split_path(path);
-                (path.into(), MethodMetrics::new(service, method))
+                (
+                    path.into(),
+                    MethodMetrics::new(Side::Server, service, method),
+                )
             });
             handles.handled(code).increment(1);
             handles.seconds.record(start.elapsed().as_secs_f64());
@@ -181,16 +220,22 @@ where
 /// cannot grow the map.
 #[derive(Clone)]
 struct MethodMetrics {
+    side: Side,
     labels: Arc<(String, String)>,
     handled: Arc<[OnceLock<metrics::Counter>; 17]>,
     seconds: metrics::Histogram,
 }
 
 impl MethodMetrics {
-    fn new(service: &str, method: &str) -> Self {
+    fn new(side: Side, service: &str, method: &str) -> Self {
         let (service, method) = (service.to_owned(), method.to_owned());
+        let seconds = match side {
+            Side::Server => "grpc_server_handling_seconds",
+            Side::Client => "grpc_client_handling_seconds",
+        };
         Self {
-            seconds: metrics::histogram!("grpc_server_handling_seconds",
+            side,
+            seconds: metrics::histogram!(seconds,
                 "grpc_service" => service.clone(), "grpc_method" => method.clone()),
             labels: Arc::new((service, method)),
             handled: Arc::new(std::array::from_fn(|_| OnceLock::new())),
@@ -200,12 +245,40 @@ impl MethodMetrics {
     fn handled(&self, code: tonic::Code) -> &metrics::Counter {
         self.handled[code as usize % 17].get_or_init(|| {
             let (service, method) = &*self.labels;
-            metrics::counter!("grpc_server_handled_total",
+            let name = match self.side {
+                Side::Server => "grpc_server_handled_total",
+                Side::Client => "grpc_client_handled_total",
+            };
+            metrics::counter!(name,
                 "grpc_service" => service.clone(), "grpc_method" => method.clone(),
                 "grpc_code" => format!("{code:?}"))
         })
     }
 }
+
+#[derive(Clone, Copy)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// Records one outgoing call to `path` (a method of the contracts, so the
+/// label set is bounded): `grpc_client_handled_total` and
+/// `grpc_client_handling_seconds` (until the answer's headers).
+pub fn record_client_call(path: &str, code: tonic::Code, elapsed: Duration) {
+    let handles = GRPC_CLIENT_HANDLES.get(path, || {
+        let (service, method) = split_path(path);
+        (
+            path.into(),
+            MethodMetrics::new(Side::Client, service, method),
+        )
+    });
+    handles.handled(code).increment(1);
+    handles.seconds.record(elapsed.as_secs_f64());
+}
+
+static GRPC_CLIENT_HANDLES: LazyLock<HandleCache<Box<str>, MethodMetrics>> =
+    LazyLock::new(HandleCache::new);
 
 const UNKNOWN: &str = "/unknown/unknown";
 
