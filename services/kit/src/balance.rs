@@ -390,12 +390,7 @@ impl Service<http::Request<Body>> for Balanced {
             // A status in the headers is how calls fail; success is in the
             // trailers. A call that got no answer at all is UNAVAILABLE.
             let code = match &result {
-                Ok(resp) => resp
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+                Ok(resp) => crate::failure::header_code(resp.headers()),
                 Err(_) => tonic::Code::Unavailable,
             };
             crate::metrics::record_client_call(uri.path(), code, started.elapsed());

@@ -87,6 +87,17 @@ pub fn never_sent(err: &(dyn StdError + 'static)) -> bool {
     false
 }
 
+/// The gRPC status code a response carries in its headers: a
+/// trailers-only answer, how calls fail. `OK` when there is none (a call
+/// that succeeds says so in its trailers).
+pub fn header_code(headers: &http::HeaderMap) -> tonic::Code {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+}
+
 /// A trailers-only answer of UNAVAILABLE: the server refused the call
 /// (it is draining or overloaded) without running it.
 pub fn refused_by_server(resp: &http::Response<Body>) -> bool {

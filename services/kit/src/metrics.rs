@@ -185,15 +185,9 @@ where
             // A status in the headers is a trailers-only answer (an error or
             // an empty stream); otherwise the call opened successfully.
             let code = match &result {
-                Ok(resp) => resp
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .unwrap_or(0),
-                Err(_) => 13,
+                Ok(resp) => crate::failure::header_code(resp.headers()),
+                Err(_) => tonic::Code::Internal,
             };
-            let code = tonic::Code::from_i32(code);
             // Unknown paths would otherwise let callers create label values.
             let path = if code == tonic::Code::Unimplemented {
                 UNKNOWN

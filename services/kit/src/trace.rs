@@ -519,11 +519,7 @@ pub fn rpc_span(path: &str, server: bool) -> tracing::Span {
 /// fail; a success says so in its trailers) on `span`. Server spans count
 /// only the server's own faults as errors; client spans count any failure.
 pub fn record_grpc_status(span: &tracing::Span, headers: &http::HeaderMap, server: bool) {
-    let code = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .unwrap_or(0);
+    let code = crate::failure::header_code(headers) as i32;
     let message = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
