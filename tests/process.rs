@@ -112,6 +112,48 @@ fn sigterm_stops_a_serving_process_cleanly() {
 }
 
 #[tokio::test]
+async fn command_line_tools_stay_quiet_unless_something_is_wrong() {
+    // The mesh has migrated its database: running `migrate` again is the
+    // everyday case, where PostgreSQL answers "already exists, skipping".
+    let mesh = spawn_mesh().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_agora"))
+        .arg("migrate")
+        .env_remove("RUST_LOG")
+        .env_remove("AGORA_LOG_FORMAT")
+        .env("DATABASE_URL", &mesh.database.url)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "migrations applied"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "no log lines, JSON or notices, on a normal run"
+    );
+
+    // A failure is told in human words on stderr.
+    let out = Command::new(env!("CARGO_BIN_EXE_agora"))
+        .arg("migrate")
+        .env_remove("RUST_LOG")
+        .env_remove("AGORA_LOG_FORMAT")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PostgreSQL"), "{stderr}");
+    assert!(!stderr.trim_start().starts_with('{'), "not JSON: {stderr}");
+    mesh.stop().await;
+}
+
+#[tokio::test]
 async fn create_admin_makes_an_administrator_who_can_log_in() {
     let mesh = spawn_mesh().await;
     let mut child = agora()

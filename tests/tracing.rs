@@ -463,17 +463,18 @@ async fn a_dead_collector_does_not_slow_requests() {
 
 #[tokio::test]
 async fn log_lines_inside_a_request_carry_its_trace_and_span_ids() {
-    // No collector: spans still have ids, so logs link to the traces an
-    // operator's other tools (or a later export) hold.
+    let (_collector, otlp) = Collector::start().await;
     let mesh = spawn_mesh().await;
     let staff = staff(&mesh).await;
     let id = new_product(&mesh, &staff, "logged").await;
     let log_path = std::env::temp_dir().join(format!("agora-log-{}.jsonl", uuid::Uuid::new_v4()));
     let log = std::fs::File::create(&log_path).expect("log file");
+    let endpoint = format!("http://{otlp}");
     let env = [
         ("AGORA_LOG_FORMAT", "json"),
         ("RUST_LOG", "info"),
         ("AGORA_CATALOG_ADDR", "127.0.0.1:0"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
     ];
     let edge = mesh
         .spawn_process_with("edge,catalog", free_port(), &env, log.into())

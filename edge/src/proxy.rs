@@ -46,6 +46,10 @@ const FORWARDED: &[&str] = &[
     API_KEY_HEADER,
     "idempotency-key",
     "x-request-id",
+    // Passed on as they came when tracing is off; when it is on, the
+    // edge's own span replaces them.
+    "traceparent",
+    "tracestate",
 ];
 
 pub async fn handle(State(state): State<Arc<EdgeState>>, req: Request) -> Response {

@@ -18,7 +18,7 @@ use tracing::{Event, Subscriber};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{
     EnvFilter, Layer as _,
-    filter::{Targets, filter_fn},
+    filter::{FilterExt as _, Targets, filter_fn},
     fmt::{
         FmtContext, FormatEvent, FormatFields,
         format::{self, Writer},
@@ -65,15 +65,18 @@ pub fn init(mode: Mode<'_>) -> Telemetry {
         .thread_name("log-writer")
         .finish(std::io::stdout());
     let dropped = writer.error_counter();
+    // Logs take events only: formatting every span's fields for lines
+    // that may never be written would cost each request.
+    let filter = filter.and(filter_fn(|meta| meta.is_event()));
     let logs = if json {
         tracing_subscriber::fmt::layer()
             .json()
-            .with_current_span(true)
+            .with_current_span(false)
             .with_span_list(false)
             .event_format(WithTraceIds(
                 format::format()
                     .json()
-                    .with_current_span(true)
+                    .with_current_span(false)
                     .with_span_list(false),
             ))
             .with_writer(writer)
@@ -86,7 +89,7 @@ pub fn init(mode: Mode<'_>) -> Telemetry {
             .boxed()
     };
     let (tracing, trace_error) = match crate::trace::pipeline(components) {
-        Ok(t) => (Some(t), None),
+        Ok(t) => (t, None),
         Err(e) => (None, Some(e)),
     };
     let spans = tracing.as_ref().map(|t| {
@@ -96,6 +99,7 @@ pub fn init(mode: Mode<'_>) -> Telemetry {
             .with_threads(false)
             .with_level(false)
             .with_target(false)
+            .with_tracked_inactivity(false)
             .with_error_events_to_exceptions(false)
             .with_filter(filter_fn(|meta| {
                 meta.target().starts_with("agora")
@@ -175,10 +179,8 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let ids = ctx
-            .lookup_current()
-            .and_then(|_| crate::trace::current_ids());
-        let Some((trace_id, span_id)) = ids else {
+        // The dispatcher's current span: this layer sees no spans itself.
+        let Some((trace_id, span_id)) = crate::trace::current_ids() else {
             return self.0.format_event(ctx, writer, event);
         };
         let mut line = String::with_capacity(256);

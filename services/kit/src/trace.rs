@@ -4,8 +4,9 @@
 //! - Export is configured only by the standard variables
 //!   (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`,
 //!   `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`/`_ARG`,
-//!   `OTEL_BSP_*`). Without an endpoint nothing is exported, but spans
-//!   still get ids, so logs, `traceresponse` and propagation work.
+//!   `OTEL_BSP_*`). Without an endpoint, tracing is off and costs nothing:
+//!   no spans are recorded, and the edge passes a client's trace context on
+//!   unchanged.
 //! - Each component of the process reports its own `service.name`
 //!   (`agora-edge`, `agora-catalog`, …): work runs inside
 //!   [`in_component`], and each span goes to the exporter of the component
@@ -60,6 +61,13 @@ pub async fn in_component<F: Future>(component: &'static str, fut: F) -> F::Outp
     COMPONENT.scope(component, fut).await
 }
 
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are recorded (an OTLP endpoint is set).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// The component whose work is running (`agora` outside any).
 pub fn current_component() -> &'static str {
     COMPONENT.try_with(|c| *c).unwrap_or(PROCESS_COMPONENT)
@@ -85,16 +93,21 @@ impl Drop for Tracing {
 }
 
 /// Builds the pipeline for `components` (the process's targets' service
-/// names). Call inside the Tokio runtime: exports run on it.
-pub fn pipeline(components: &[&'static str]) -> anyhow::Result<Tracing> {
+/// names). Call inside the Tokio runtime: exports run on it. `None` when
+/// no OTLP endpoint is set: tracing is off.
+pub fn pipeline(components: &[&'static str]) -> anyhow::Result<Option<Tracing>> {
     let endpoint_set = [
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ]
     .iter()
     .any(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty()));
+    if !endpoint_set {
+        return Ok(None);
+    }
+    ENABLED.store(true, Ordering::Relaxed);
     let mut builder = SdkTracerProvider::builder().with_resource(Resource::builder().build());
-    if endpoint_set {
+    {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| anyhow::anyhow!("trace export needs the Tokio runtime"))?;
         let max_queue = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
@@ -137,9 +150,9 @@ pub fn pipeline(components: &[&'static str]) -> anyhow::Result<Tracing> {
                 .filter(|_| components.len() == 1),
         });
     }
-    Ok(Tracing {
+    Ok(Some(Tracing {
         provider: builder.build(),
-    })
+    }))
 }
 
 /// Counts the spans waiting in one component's export queue, so that a
@@ -375,12 +388,18 @@ impl Extractor for HeaderExtractor<'_> {
 
 /// The remote parent named by `traceparent`/`tracestate` in `headers`.
 pub fn extract(headers: &http::HeaderMap) -> Context {
+    if !enabled() {
+        return Context::new();
+    }
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
 /// Writes the current span's context into `headers` (nothing when there is
 /// no current span).
 pub fn inject_current(headers: &mut http::HeaderMap) {
+    if !enabled() {
+        return;
+    }
     let cx = tracing::Span::current().context();
     if cx.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
@@ -466,16 +485,17 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         use tracing::Instrument as _;
         let path = req.uri().path();
+        let component = self.component;
         // Probes and reflection would fill the trace store with noise.
-        if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
-            return Box::pin(self.inner.call(req));
+        if !enabled() || path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.")
+        {
+            return Box::pin(in_component(component, self.inner.call(req)));
         }
         let span = rpc_span(path, true);
         let parent = extract(req.headers());
         if parent.span().span_context().is_valid() {
             let _ = span.set_parent(parent);
         }
-        let component = self.component;
         // Entering starts the span: inside the component, so it reports
         // as that component even when called in process by another.
         let fut = COMPONENT.sync_scope(component, || {
