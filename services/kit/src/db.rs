@@ -119,6 +119,9 @@ pub async fn connect(config: &DatabaseConfig, schema: &str) -> anyhow::Result<Pg
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
+        // One event per acquire, at TRACE: `agora_db_pool_acquire_seconds`
+        // is made from it (see crate::telemetry); logs never show it.
+        .acquire_time_level(tracing::log::LevelFilter::Trace)
         // Each statement gets what is left of the served call's deadline
         // as its timeout, so PostgreSQL stops work whose caller gave up
         // (dropping a query's future alone leaves it running): on every

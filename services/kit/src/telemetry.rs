@@ -110,10 +110,13 @@ pub fn init(mode: Mode<'_>) -> Telemetry {
         SqlSpans::new(t.tracer())
             .with_filter(Targets::new().with_target("sqlx::query", tracing::Level::DEBUG))
     });
+    let acquires = AcquireTimes
+        .with_filter(Targets::new().with_target("sqlx::pool::acquire", tracing::Level::TRACE));
     tracing_subscriber::registry()
         .with(logs)
         .with(spans)
         .with(sql)
+        .with(acquires)
         .init();
     if let Some(e) = trace_error {
         tracing::warn!(error = format!("{e:#}"), "trace export is off");
@@ -191,6 +194,34 @@ where
                 "{{\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\",{rest}"
             ),
             None => writer.write_str(&line),
+        }
+    }
+}
+
+/// Turns sqlx's per-acquire events into `agora_db_pool_acquire_seconds`
+/// (by the service whose call waited), the time a caller waited for a
+/// database connection.
+struct AcquireTimes;
+
+struct AcquiredAfter(Option<f64>);
+
+impl tracing::field::Visit for AcquiredAfter {
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        if field.name() == "acquired_after_secs" {
+            self.0 = Some(value);
+        }
+    }
+
+    fn record_debug(&mut self, _field: &tracing::field::Field, _value: &dyn fmt::Debug) {}
+}
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for AcquireTimes {
+    fn on_event(&self, event: &Event<'_>, _ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let mut after = AcquiredAfter(None);
+        event.record(&mut after);
+        if let Some(secs) = after.0 {
+            let service = crate::trace::current_component().trim_start_matches("agora-");
+            metrics::histogram!("agora_db_pool_acquire_seconds", "service" => service).record(secs);
         }
     }
 }
