@@ -31,6 +31,8 @@ const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 #[derive(Debug, Clone)]
 struct Received {
     service: String,
+    /// `deployment.environment` of the resource, if set.
+    environment: Option<String>,
     span: Span,
 }
 
@@ -86,10 +88,15 @@ impl TraceService for Collector {
                 .as_ref()
                 .and_then(|r| attr(&r.attributes, "service.name"))
                 .unwrap_or_default();
+            let environment = rs
+                .resource
+                .as_ref()
+                .and_then(|r| attr(&r.attributes, "deployment.environment"));
             for ss in rs.scope_spans {
                 for span in ss.spans {
                     spans.push(Received {
                         service: service.clone(),
+                        environment: environment.clone(),
                         span,
                     });
                 }
@@ -314,6 +321,10 @@ async fn components_in_one_process_report_their_own_service_names() {
     let catalog_port = free_port();
     let mut env = otel_env(otlp);
     env.push(("AGORA_CATALOG_ADDR", format!("127.0.0.1:{catalog_port}")));
+    env.push((
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "deployment.environment=ci".to_owned(),
+    ));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let edge = mesh.spawn_process("edge,catalog", free_port(), &env).await;
 
@@ -321,6 +332,15 @@ async fn components_in_one_process_report_their_own_service_names() {
     assert_eq!(resp.status(), StatusCode::OK);
     let spans = collector.trace(TRACE_ID, complete).await;
     assert_product_read(&spans);
+    // The operator's resource attributes reach every component's spans.
+    assert!(
+        spans.iter().all(|s| s.environment.as_deref() == Some("ci")),
+        "{:?}",
+        spans
+            .iter()
+            .map(|s| (&s.service, &s.environment))
+            .collect::<Vec<_>>()
+    );
     mesh.stop().await;
 }
 
