@@ -107,6 +107,17 @@ impl RouteTable {
                 let Value::Message(rule) = options.get_extension(ext).into_owned() else {
                     continue;
                 };
+                // A REST request is one message: a stream from the client
+                // has no REST form (a WebSocket binding serves those).
+                if method.is_client_streaming() {
+                    return Err(RouteError::Binding {
+                        method: method.full_name().to_owned(),
+                        reason: format!(
+                            "google.api.http cannot bind a {}-streaming RPC; remove the rule",
+                            if method.is_server_streaming() { "bidi" } else { "client" }
+                        ),
+                    });
+                }
                 let rule: HttpRule = rule.transcode_to().map_err(|e| RouteError::Binding {
                     method: method.full_name().to_owned(),
                     reason: format!("unreadable google.api.http option: {e}"),

@@ -281,3 +281,26 @@ fn responses_use_camel_case_string_int64_enum_names_and_include_defaults() {
     assert!(out.get("operation").is_none());
     assert_eq!(reply.descriptor().name(), "CreateBookResponse");
 }
+
+#[test]
+fn rest_bindings_on_client_or_bidi_streams_are_refused_at_start_naming_the_method() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut compiler = protox::Compiler::new([root.join("tests/protos"), root.join("../proto")])
+        .expect("include paths");
+    compiler.include_imports(true);
+    compiler
+        .open_files(["agora/testing/streaming/v1/streaming.proto"])
+        .expect("test proto compiles");
+    let bytes = compiler.encode_file_descriptor_set();
+    let pool = DescriptorPool::decode(bytes.as_slice()).expect("descriptor set decodes");
+    for (service, method, kind) in [
+        ("ChatterService", "Talk", "bidi"),
+        ("UploadService", "Upload", "client"),
+    ] {
+        let prefix = format!("agora.testing.streaming.v1.{service}");
+        let err = RouteTable::from_pool(&pool, &prefix).expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains(&format!("{prefix}.{method}")), "{text}");
+        assert!(text.contains(&format!("{kind}-streaming")), "{text}");
+    }
+}
