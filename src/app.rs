@@ -1,12 +1,15 @@
 //! The module table: which components exist, what each depends on, and how
 //! a set of targets becomes one running process.
 //!
-//! Components are built once each, in dependency order; each binds its
-//! listener in `build`, so `App::build` with port 0 gives tests real
-//! addresses before anything serves. `all` runs every component, and the edge
-//! still reaches services over gRPC on loopback, as in a cluster.
+//! Components are built once each, each after the modules it calls; each
+//! binds its listener in `build`, so `App::build` with port 0 gives tests
+//! real addresses before anything serves. Callers in the same process are
+//! wired to where their callees listen, and call them in process (see
+//! `agora_kit::local`).
 
 use std::{fmt, net::SocketAddr, str::FromStr};
+
+use futures::future::BoxFuture;
 
 use agora_catalog::CatalogComponent;
 use agora_edge::EdgeComponent;
@@ -20,126 +23,166 @@ use tokio::{net::TcpListener, task::JoinSet};
 
 use crate::config::Config;
 
-/// A component that can run in this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Target {
-    Users,
-    Catalog,
-    Edge,
+/// A component that is built and listening, not yet serving.
+pub struct Built {
+    addr: SocketAddr,
+    run: Box<dyn FnOnce(Shutdown) -> BoxFuture<'static, anyhow::Result<()>> + Send>,
 }
 
-/// The module table: each target, what it does, and what it needs first.
-/// Infrastructure (the Postgres pool, admin server) is not a target.
-pub const MODULES: &[(Target, &str, &[Target], &str)] = &[
-    (
-        Target::Users,
-        "users",
-        &[],
-        "accounts, passwords, JWT/JWKS, roles, API keys (gRPC 3001; PostgreSQL)",
-    ),
-    (
-        Target::Catalog,
-        "catalog",
-        &[],
-        "products, categories, stock, reservations, search, recommendations (gRPC 3002; PostgreSQL, Redis)",
-    ),
-    (
-        Target::Edge,
-        "edge",
-        &[],
-        "REST/JSON → gRPC gateway, auth, OpenAPI, /health (HTTP 3000)",
-    ),
-];
-
-impl Target {
-    pub fn name(self) -> &'static str {
-        MODULES.iter().find(|m| m.0 == self).map_or("?", |m| m.1)
-    }
-
-    /// The OpenTelemetry `service.name` of the component.
-    pub fn service_name(self) -> &'static str {
-        match self {
-            Target::Users => agora_users::COMPONENT,
-            Target::Catalog => agora_catalog::COMPONENT,
-            Target::Edge => agora_edge::COMPONENT,
+impl Built {
+    fn new<F>(addr: SocketAddr, run: impl FnOnce(Shutdown) -> F + Send + 'static) -> Self
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Self {
+            addr,
+            run: Box::new(move |s| Box::pin(run(s))),
         }
     }
-
-    pub fn deps(self) -> &'static [Target] {
-        MODULES.iter().find(|m| m.0 == self).map_or(&[], |m| m.2)
-    }
 }
 
-impl fmt::Display for Target {
+type Build = for<'a> fn(&'a Config) -> BoxFuture<'a, anyhow::Result<Built>>;
+
+/// One component of the mesh: everything the process needs to know of it.
+pub struct Module {
+    /// Its `--target` name.
+    pub name: &'static str,
+    /// Its `service.name` in traces.
+    pub service_name: &'static str,
+    /// The modules it calls. In one process they start first, and it is
+    /// wired to where they listen.
+    pub calls: &'static [&'static str],
+    pub about: &'static str,
+    /// Builds it from the configuration (binds its listener).
+    build: Build,
+    /// Points its callers' settings at `url`, where it listens in this
+    /// process; `None` for a module nobody calls.
+    wire: Option<fn(&mut Config, &str)>,
+}
+
+impl fmt::Debug for Module {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.write_str(self.name)
     }
 }
 
-/// A comma list of targets; `all` means every one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Targets(pub Vec<Target>);
+impl PartialEq for Module {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+/// The module table. Adding a component is one entry here. Infrastructure
+/// (the PostgreSQL pools, the admin server) is not a module.
+pub static MODULES: &[Module] = &[
+    Module {
+        name: "users",
+        service_name: agora_users::COMPONENT,
+        calls: &[],
+        about: "accounts, passwords, JWT/JWKS, roles, API keys (gRPC 3001; PostgreSQL)",
+        build: |c| {
+            Box::pin(async move {
+                let users = UsersComponent::build(c.users.clone(), &c.database)
+                    .await
+                    .context("Failed to start the users service")?;
+                Ok(Built::new(users.local_addr()?, |s| users.run(s)))
+            })
+        },
+        wire: Some(|c, url| {
+            c.edge.set_upstream_url("users", url);
+            c.catalog.users_url = url.to_owned();
+        }),
+    },
+    Module {
+        name: "catalog",
+        service_name: agora_catalog::COMPONENT,
+        calls: &["users"],
+        about: "products, categories, stock, reservations, search, recommendations (gRPC 3002; PostgreSQL, Redis)",
+        build: |c| {
+            Box::pin(async move {
+                let catalog = CatalogComponent::build(c.catalog.clone(), &c.database)
+                    .await
+                    .context("Failed to start the catalog service")?;
+                Ok(Built::new(catalog.local_addr()?, |s| catalog.run(s)))
+            })
+        },
+        wire: Some(|c, url| c.edge.set_upstream_url("catalog", url)),
+    },
+    Module {
+        name: "edge",
+        service_name: agora_edge::COMPONENT,
+        calls: &["users", "catalog"],
+        about: "REST/JSON → gRPC gateway, auth, OpenAPI, /health (HTTP 3000)",
+        build: |c| {
+            Box::pin(async move {
+                let edge = EdgeComponent::build(c.edge.clone())
+                    .await
+                    .context("Failed to start the edge")?;
+                Ok(Built::new(edge.local_addr()?, |s| edge.run(s)))
+            })
+        },
+        wire: None,
+    },
+];
+
+/// The modules a process runs, in start order: each after the modules it
+/// calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Targets(pub Vec<&'static Module>);
 
 impl FromStr for Targets {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let mut out = Vec::new();
+        let mut named: Vec<&'static Module> = Vec::new();
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             if name == "all" {
-                out.extend(MODULES.iter().map(|m| m.0));
+                named.extend(MODULES.iter());
                 continue;
             }
-            let t = MODULES
-                .iter()
-                .find(|m| m.1 == name)
-                .map(|m| m.0)
-                .ok_or_else(|| {
-                    let known: Vec<_> = MODULES.iter().map(|m| m.1).collect();
-                    format!(
-                        "unknown target {name:?}; known targets: all, {}",
-                        known.join(", ")
-                    )
-                })?;
-            out.push(t);
+            let module = MODULES.iter().find(|m| m.name == name).ok_or_else(|| {
+                let known: Vec<_> = MODULES.iter().map(|m| m.name).collect();
+                format!(
+                    "unknown target {name:?}; known targets: all, {}",
+                    known.join(", ")
+                )
+            })?;
+            named.push(module);
         }
-        if out.is_empty() {
+        if named.is_empty() {
             return Err("name at least one target".into());
         }
-        Ok(Targets(resolve(&out)))
+        Ok(Targets(start_order(&named)))
     }
 }
 
-/// The targets plus their dependencies, each once, dependencies first.
-pub fn resolve(targets: &[Target]) -> Vec<Target> {
-    fn visit(t: Target, out: &mut Vec<Target>) {
-        if out.contains(&t) {
-            return;
+/// `named`, each once, every module after those it calls (among `named`);
+/// otherwise in table order.
+fn start_order(named: &[&'static Module]) -> Vec<&'static Module> {
+    let selected: Vec<&'static Module> = MODULES
+        .iter()
+        .filter(|m| named.iter().any(|n| n.name == m.name))
+        .collect();
+    let mut order: Vec<&'static Module> = Vec::with_capacity(selected.len());
+    while order.len() < selected.len() {
+        let ready = selected.iter().find(|m| {
+            !order.contains(m)
+                && m.calls.iter().all(|c| {
+                    order.iter().any(|o| o.name == *c) || !selected.iter().any(|s| s.name == *c)
+                })
+        });
+        match ready {
+            Some(m) => order.push(m),
+            // A cycle in the table (a test rules it out): keep table order.
+            None => return selected,
         }
-        for d in t.deps() {
-            visit(*d, out);
-        }
-        out.push(t);
     }
-    let mut out = Vec::new();
-    for t in targets {
-        visit(*t, &mut out);
-    }
-    // Services start before the edge, whatever order they were named in,
-    // so the edge finds those of its own process where they listen.
-    out.sort_by_key(|t| MODULES.iter().position(|m| m.0 == *t));
-    out
-}
-
-enum Component {
-    Users(UsersComponent),
-    Catalog(CatalogComponent),
-    Edge(EdgeComponent),
+    order
 }
 
 /// A process with its components built and listening, not yet serving.
 pub struct App {
-    components: Vec<(Target, Component)>,
+    components: Vec<(&'static Module, Built)>,
     admin: TcpListener,
     config: Config,
 }
@@ -150,37 +193,15 @@ impl App {
             .await
             .with_context(|| format!("AGORA_ADMIN_ADDR: cannot listen on {}", config.admin.addr))?;
         let mut components = Vec::new();
-        for target in &targets.0 {
-            let component = match target {
-                Target::Users => {
-                    let users = UsersComponent::build(config.users.clone(), &config.database)
-                        .await
-                        .context("Failed to start the users service")?;
-                    // In one process, others reach users where it really listens.
-                    let url = format!("http://{}", loopback(users.local_addr()?));
-                    if let Some(policy) = config.edge.upstreams.0.get_mut("users") {
-                        policy.url = url.clone();
-                    }
-                    config.catalog.users_url = url;
-                    Component::Users(users)
-                }
-                Target::Catalog => {
-                    let catalog = CatalogComponent::build(config.catalog.clone(), &config.database)
-                        .await
-                        .context("Failed to start the catalog service")?;
-                    if let Some(policy) = config.edge.upstreams.0.get_mut("catalog") {
-                        policy.url = format!("http://{}", loopback(catalog.local_addr()?));
-                    }
-                    Component::Catalog(catalog)
-                }
-                Target::Edge => Component::Edge(
-                    EdgeComponent::build(config.edge.clone())
-                        .await
-                        .context("Failed to start the edge")?,
-                ),
-            };
-            tracing::info!(target = %target, addr = ?component_addr(&component), "component built");
-            components.push((*target, component));
+        for module in &targets.0 {
+            let built = (module.build)(&config).await?;
+            // In one process, the modules that call this one reach it
+            // where it really listens.
+            if let Some(wire) = module.wire {
+                wire(&mut config, &format!("http://{}", loopback(built.addr)));
+            }
+            tracing::info!(target = module.name, addr = %built.addr, "component built");
+            components.push((*module, built));
         }
         Ok(Self {
             components,
@@ -190,11 +211,11 @@ impl App {
     }
 
     /// The bound address of a target's listener.
-    pub fn addr(&self, target: Target) -> Option<SocketAddr> {
+    pub fn addr(&self, target: &str) -> Option<SocketAddr> {
         self.components
             .iter()
-            .find(|(t, _)| *t == target)
-            .and_then(|(_, c)| component_addr(c))
+            .find(|(m, _)| m.name == target)
+            .map(|(_, built)| built.addr)
     }
 
     pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
@@ -212,14 +233,10 @@ impl App {
             let admin = self.admin;
             async move { ("admin", admin::serve(admin, r, s).await) }
         });
-        for (target, component) in self.components {
-            let s = shutdown.clone();
-            let name = target.name();
-            match component {
-                Component::Users(c) => tasks.spawn(async move { (name, c.run(s).await) }),
-                Component::Catalog(c) => tasks.spawn(async move { (name, c.run(s).await) }),
-                Component::Edge(c) => tasks.spawn(async move { (name, c.run(s).await) }),
-            };
+        for (module, built) in self.components {
+            let run = (built.run)(shutdown.clone());
+            let name = module.name;
+            tasks.spawn(async move { (name, run.await) });
         }
         readiness.set(true);
         tracing::info!("agora is serving");
@@ -283,14 +300,6 @@ fn describe_named(done: Done) -> (&'static str, anyhow::Result<()>) {
     }
 }
 
-fn component_addr(c: &Component) -> Option<SocketAddr> {
-    match c {
-        Component::Users(u) => u.local_addr().ok(),
-        Component::Catalog(c) => c.local_addr().ok(),
-        Component::Edge(e) => e.local_addr().ok(),
-    }
-}
-
 /// A wildcard bind address is reached on loopback.
 fn loopback(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
@@ -311,29 +320,51 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
 mod tests {
     use super::*;
 
+    fn names(t: &Targets) -> Vec<&'static str> {
+        t.0.iter().map(|m| m.name).collect()
+    }
+
     #[test]
-    fn targets_parse_as_a_comma_list() {
-        assert_eq!(
-            "all".parse::<Targets>().expect("valid").0,
-            vec![Target::Users, Target::Catalog, Target::Edge]
-        );
-        assert_eq!(
-            "edge".parse::<Targets>().expect("valid").0,
-            vec![Target::Edge]
-        );
-        assert_eq!(
-            "users, edge".parse::<Targets>().expect("valid").0,
-            vec![Target::Users, Target::Edge]
-        );
-        // The edge starts after the services of its process.
-        assert_eq!(
-            "edge,catalog".parse::<Targets>().expect("valid").0,
-            vec![Target::Catalog, Target::Edge]
-        );
+    fn targets_parse_as_a_comma_list_and_start_after_what_they_call() {
+        let parse = |s: &str| names(&s.parse::<Targets>().expect("valid"));
+        assert_eq!(parse("all"), ["users", "catalog", "edge"]);
+        assert_eq!(parse("edge"), ["edge"]);
+        assert_eq!(parse("users, edge"), ["users", "edge"]);
+        // Named in any order, the edge starts after the services it calls.
+        assert_eq!(parse("edge,catalog"), ["catalog", "edge"]);
+        assert_eq!(parse("edge,users,catalog"), ["users", "catalog", "edge"]);
         let err = "users,billing".parse::<Targets>().expect_err("unknown");
         assert!(
             err.contains("billing") && err.contains("known targets"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_module_table_is_consistent() {
+        for m in MODULES {
+            for called in m.calls {
+                let callee = MODULES.iter().find(|c| c.name == *called);
+                assert!(callee.is_some(), "{} calls unknown {called}", m.name);
+                assert!(
+                    callee.is_some_and(|c| c.wire.is_some()),
+                    "{called} is called by {} but wires no address",
+                    m.name
+                );
+            }
+        }
+        // Acyclic: every module finds its place after what it calls.
+        let all: Vec<&'static Module> = MODULES.iter().collect();
+        let order = start_order(&all);
+        for (i, m) in order.iter().enumerate() {
+            for called in m.calls {
+                let j = order.iter().position(|o| o.name == *called);
+                assert!(
+                    j.is_some_and(|j| j < i),
+                    "{} starts before {called}",
+                    m.name
+                );
+            }
+        }
     }
 }

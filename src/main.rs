@@ -89,7 +89,7 @@ fn main() -> ExitCode {
     // runtime, flushes queued spans and log lines.
     let entered = runtime.enter();
     let services: Vec<&'static str> = match &cli.command {
-        Command::Serve { target } => target.0.iter().map(|t| t.service_name()).collect(),
+        Command::Serve { target } => target.0.iter().map(|m| m.service_name).collect(),
         _ => Vec::new(),
     };
     let _telemetry = agora_kit::telemetry::init(match &cli.command {
@@ -150,14 +150,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Targets => {
-            for (_, name, deps, about) in MODULES {
-                let deps: Vec<_> = deps.iter().map(|d| d.name()).collect();
-                let deps = if deps.is_empty() {
+            for m in MODULES {
+                let calls = if m.calls.is_empty() {
                     "-".to_owned()
                 } else {
-                    deps.join(",")
+                    m.calls.join(",")
                 };
-                println!("{name:<10} depends on: {deps:<10} {about}");
+                println!("{:<10} calls: {calls:<14} {}", m.name, m.about);
             }
             Ok(())
         }

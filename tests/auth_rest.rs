@@ -515,7 +515,7 @@ async fn api_keys_show_their_secret_once_carry_permissions_and_can_be_revoked() 
 #[tokio::test]
 async fn an_edge_that_cannot_reach_the_users_service_answers_503_not_401() {
     use agora::{
-        app::{App, Target, Targets},
+        app::{App, Targets},
         config::Config,
     };
     let mut config = Config::default();
@@ -528,7 +528,7 @@ async fn an_edge_that_cannot_reach_the_users_service_answers_503_not_401() {
     let app = App::build(config, &"edge".parse::<Targets>().expect("targets"))
         .await
         .expect("edge builds");
-    let edge = format!("http://{}", app.addr(Target::Edge).expect("addr"));
+    let edge = format!("http://{}", app.addr("edge").expect("addr"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{spawn_mesh, spawn_mesh_with};
+use common::{free_port, service_health, spawn_mesh, spawn_mesh_with};
 use reqwest::StatusCode;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -19,6 +19,26 @@ fn agora() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_agora"));
     cmd.env("AGORA_LOG_FORMAT", "text").env("RUST_LOG", "warn");
     cmd
+}
+
+#[tokio::test]
+async fn an_edge_calls_the_services_of_its_own_process_where_they_listen() {
+    // Named after the edge, with a non-default address: the edge must
+    // still reach this process's users service, not the configured URL.
+    let mesh = spawn_mesh().await;
+    let users_port = free_port();
+    let users_addr = format!("127.0.0.1:{users_port}");
+    let edge = mesh
+        .spawn_process(
+            "edge,users",
+            free_port(),
+            &[("AGORA_USERS_ADDR", users_addr.as_str())],
+        )
+        .await;
+    let users = service_health(&mesh.http, &edge.url(""), "users").await;
+    assert_eq!(users["endpoints"][0]["address"], users_addr, "{users}");
+    assert_eq!(users["endpoints"][0]["inProcess"], true, "{users}");
+    mesh.stop().await;
 }
 
 #[test]

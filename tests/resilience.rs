@@ -15,8 +15,8 @@ use std::{
 
 use agora_proto::catalog::v1::{GetProductRequest, catalog_service_client::CatalogServiceClient};
 use common::{
-    Replica, TestMesh, category, free_port, load, metric, product, spawn_mesh, spawn_mesh_with,
-    staff,
+    Replica, TestMesh, category, free_port, load, metric, product, service_health, spawn_mesh,
+    spawn_mesh_with, staff,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -61,22 +61,7 @@ async fn unlock(locker: &mut PgConnection) {
 
 /// The catalog's entry in an edge's `/health`.
 async fn catalog_health(mesh: &TestMesh, edge: &Replica) -> Value {
-    let health: Value = mesh
-        .http
-        .get(edge.url("/health"))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
-    health["services"]
-        .as_array()
-        .expect("services")
-        .iter()
-        .find(|s| s["name"] == "catalog")
-        .expect("catalog")
-        .clone()
+    service_health(&mesh.http, &edge.url(""), "catalog").await
 }
 
 /// Asserts that a load run made enough requests and none failed.

@@ -118,6 +118,13 @@ impl Default for EdgeConfig {
 }
 
 impl EdgeConfig {
+    /// Points the upstream `name` (if the contracts use it) at `url`.
+    pub fn set_upstream_url(&mut self, name: &str, url: &str) {
+        if let Some(policy) = self.upstreams.0.get_mut(name) {
+            policy.url = url.to_owned();
+        }
+    }
+
     pub fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
         env.parse_into("AGORA_EDGE_ADDR", &mut self.addr)?;
         env.parse_into("AGORA_EDGE_BODY_LIMIT_BYTES", &mut self.body_limit_bytes)?;

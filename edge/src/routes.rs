@@ -114,7 +114,11 @@ impl RouteTable {
                         method: method.full_name().to_owned(),
                         reason: format!(
                             "google.api.http cannot bind a {}-streaming RPC; remove the rule",
-                            if method.is_server_streaming() { "bidi" } else { "client" }
+                            if method.is_server_streaming() {
+                                "bidi"
+                            } else {
+                                "client"
+                            }
                         ),
                     });
                 }

@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use agora::{
-    app::{App, Target, Targets},
+    app::{App, Targets},
     config::Config,
 };
 use agora_kit::db::DatabaseConfig;
@@ -86,9 +86,9 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
     let app = App::build(config, &"all".parse::<Targets>().expect("targets"))
         .await
         .expect("mesh builds");
-    let edge = format!("http://{}", app.addr(Target::Edge).expect("edge addr"));
-    let users_addr = app.addr(Target::Users).expect("users addr");
-    let catalog_addr = app.addr(Target::Catalog).expect("catalog addr");
+    let edge = format!("http://{}", app.addr("edge").expect("edge addr"));
+    let users_addr = app.addr("users").expect("users addr");
+    let catalog_addr = app.addr("catalog").expect("catalog addr");
     let admin = format!("http://{}", app.admin_addr().expect("admin addr"));
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async move {
@@ -141,7 +141,7 @@ impl TestMesh {
         let targets: Targets = targets.parse().expect("targets");
         let first = targets.0[0];
         let app = App::build(config, &targets).await.expect("replica builds");
-        let addr = app.addr(first).expect("addr");
+        let addr = app.addr(first.name).expect("addr");
         let admin = format!("http://{}", app.admin_addr().expect("admin addr"));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
@@ -650,4 +650,22 @@ pub async fn metric(http: &reqwest::Client, admin: &str, series: &str) -> f64 {
         .filter_map(|l| l.strip_prefix(series))
         .filter_map(|rest| rest.trim().parse::<f64>().ok())
         .sum()
+}
+
+/// The entry for the service `name` in the `/health` of the edge at `edge`
+/// (a base URL).
+pub async fn service_health(http: &reqwest::Client, edge: &str, name: &str) -> Value {
+    let health: Value = http
+        .get(format!("{edge}/health"))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
+    health["services"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {health}"))
+        .clone()
 }
