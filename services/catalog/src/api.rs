@@ -1,8 +1,9 @@
 //! The gRPC surface: proto ⇄ domain. No SQL here.
 
 use agora_kit::auth::Caller;
+use agora_kit::proto::timestamp;
 use agora_proto::catalog::v1::{self as pb, catalog_service_server::CatalogService as CatalogApi};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -53,13 +54,6 @@ impl CatalogService {
     }
 }
 
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
 fn product_pb(r: &ProductRow) -> pb::Product {
     pb::Product {
         id: r.id.to_string(),
@@ -72,8 +66,8 @@ fn product_pb(r: &ProductRow) -> pb::Product {
             amount_minor: r.price_minor,
         }),
         etag: etag(r.version),
-        create_time: Some(ts(r.created_at)),
-        update_time: Some(ts(r.updated_at)),
+        create_time: Some(timestamp(r.created_at)),
+        update_time: Some(timestamp(r.updated_at)),
         available: r.available,
     }
 }
@@ -114,8 +108,8 @@ fn reservation_pb(r: &Reservation) -> pb::Reservation {
             })
             .collect(),
         status: status as i32,
-        expire_time: Some(ts(r.expires_at)),
-        create_time: Some(ts(r.created_at)),
+        expire_time: Some(timestamp(r.expires_at)),
+        create_time: Some(timestamp(r.created_at)),
     }
 }
 

@@ -6,10 +6,7 @@ use uuid::Uuid;
 use crate::error::CatalogError;
 
 pub fn parse_id(field: &'static str, raw: &str) -> Result<Uuid, CatalogError> {
-    if raw.is_empty() {
-        return Err(CatalogError::invalid(field, "is required"));
-    }
-    Uuid::parse_str(raw).map_err(|_| CatalogError::invalid(field, "must be a UUID"))
+    Ok(agora_kit::proto::parse_id(field, raw)?)
 }
 
 /// A stock keeping unit: 1 to 64 of A-Z, 0-9, `-`, `_` (upper-cased).

@@ -1,9 +1,7 @@
-//! Every way a catalog call can fail, and its one mapping to a gRPC status.
+//! Every way a catalog call can fail, as the kit's shared error core.
 
-use std::collections::HashMap;
-
+use agora_kit::error::Error;
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt as _};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -30,6 +28,8 @@ pub enum CatalogError {
     PermissionDenied(&'static str),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
+    #[error(transparent)]
+    Core(#[from] Error),
 }
 
 impl CatalogError {
@@ -43,33 +43,35 @@ impl CatalogError {
 
 impl From<sqlx::Error> for CatalogError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(anyhow::Error::new(e).context("database error"))
+        Self::Core(e.into())
+    }
+}
+
+impl From<CatalogError> for Error {
+    fn from(e: CatalogError) -> Self {
+        let message = e.to_string();
+        match e {
+            CatalogError::InvalidArgument { field, reason } => {
+                Error::InvalidArgument { field, reason }
+            }
+            CatalogError::NotFound(_) => Error::NotFound(message),
+            CatalogError::AlreadyExists(_) => Error::AlreadyExists(message),
+            CatalogError::StaleEtag { .. } => Error::Aborted(message),
+            CatalogError::FailedPrecondition(_) => Error::FailedPrecondition(message),
+            CatalogError::IdempotencyKeyReused => Error::Refused {
+                code: Code::FailedPrecondition,
+                reason: agora_kit::REASON_IDEMPOTENCY_KEY_REUSED,
+                message,
+            },
+            CatalogError::PermissionDenied(_) => Error::PermissionDenied(message),
+            CatalogError::Internal(e) => Error::Internal(e),
+            CatalogError::Core(e) => e,
+        }
     }
 }
 
 impl From<CatalogError> for Status {
     fn from(e: CatalogError) -> Self {
-        let message = e.to_string();
-        match e {
-            CatalogError::InvalidArgument { .. } => Status::invalid_argument(message),
-            CatalogError::NotFound(_) => Status::not_found(message),
-            CatalogError::AlreadyExists(_) => Status::already_exists(message),
-            CatalogError::StaleEtag { .. } => Status::aborted(message),
-            CatalogError::FailedPrecondition(_) => Status::failed_precondition(message),
-            CatalogError::IdempotencyKeyReused => Status::with_error_details(
-                Code::FailedPrecondition,
-                message,
-                ErrorDetails::with_error_info(
-                    agora_kit::REASON_IDEMPOTENCY_KEY_REUSED,
-                    agora_kit::ERROR_DOMAIN,
-                    HashMap::new(),
-                ),
-            ),
-            CatalogError::PermissionDenied(_) => Status::permission_denied(message),
-            CatalogError::Internal(e) => {
-                tracing::error!(error = format!("{e:#}"), "catalog request failed");
-                Status::internal(message)
-            }
-        }
+        Error::from(e).into()
     }
 }

@@ -22,6 +22,9 @@
 //! - [`jwks`]: authentication against the users service (JWKS, API keys)
 //!   for components that do not own credentials.
 //! - [`outbox`]: appending events in the transaction of their change.
+//! - [`error`]: the failures every service shares, and their one mapping
+//!   to a gRPC status.
+//! - [`proto`]: protobuf field conversions (ids, timestamps).
 //! - [`deadline`]: the served call's deadline, for the work it causes.
 //! - [`db`]: PostgreSQL pools, one schema per service.
 //! - [`redis`]: a Redis client that skips Redis at once while it is down.
@@ -34,6 +37,7 @@ pub mod breaker;
 pub mod config;
 pub mod db;
 pub mod deadline;
+pub mod error;
 pub mod failure;
 pub mod grpc;
 pub mod h2client;
@@ -41,6 +45,7 @@ pub mod jwks;
 pub mod local;
 pub mod metrics;
 pub mod outbox;
+pub mod proto;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;

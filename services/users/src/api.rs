@@ -1,5 +1,6 @@
 //! The gRPC surface: proto ⇄ domain. No SQL here; the store owns it.
 
+use agora_kit::proto::{from_timestamp, parse_id, timestamp};
 use std::sync::Arc;
 
 use agora_kit::auth::{AccessClaims, Caller};
@@ -131,25 +132,6 @@ impl UsersService {
             )),
         }
     }
-}
-
-fn parse_id(field: &'static str, raw: &str) -> Result<Uuid, UsersError> {
-    Uuid::parse_str(raw).map_err(|_| UsersError::invalid(field, "must be a UUID"))
-}
-
-fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-fn from_timestamp(
-    field: &'static str,
-    t: &prost_types::Timestamp,
-) -> Result<DateTime<Utc>, UsersError> {
-    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
-        .ok_or_else(|| UsersError::invalid(field, "is out of range"))
 }
 
 fn user_pb(row: &UserRow) -> pb::User {

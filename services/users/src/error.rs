@@ -1,9 +1,9 @@
-//! Every way a users call can fail, and its one mapping to a gRPC status.
+//! Every way a users call can fail, as the kit's shared error core.
 
 use std::time::Duration;
 
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt as _};
+use agora_kit::error::Error;
+use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
@@ -29,6 +29,8 @@ pub enum UsersError {
     Busy,
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
+    #[error(transparent)]
+    Core(#[from] Error),
 }
 
 impl UsersError {
@@ -42,31 +44,35 @@ impl UsersError {
 
 impl From<sqlx::Error> for UsersError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(anyhow::Error::new(e).context("database error"))
+        Self::Core(e.into())
+    }
+}
+
+impl From<UsersError> for Error {
+    fn from(e: UsersError) -> Self {
+        let message = e.to_string();
+        match e {
+            UsersError::InvalidArgument { field, reason } => {
+                Error::InvalidArgument { field, reason }
+            }
+            UsersError::EmailTaken => Error::AlreadyExists(message),
+            UsersError::InvalidCredentials
+            | UsersError::Deactivated
+            | UsersError::InvalidToken(_) => Error::Unauthenticated(message),
+            UsersError::NotFound(_) => Error::NotFound(message),
+            UsersError::PermissionDenied(_) => Error::PermissionDenied(message),
+            UsersError::Busy => Error::Busy {
+                message,
+                retry_after: Duration::from_secs(1),
+            },
+            UsersError::Internal(e) => Error::Internal(e),
+            UsersError::Core(e) => e,
+        }
     }
 }
 
 impl From<UsersError> for Status {
     fn from(e: UsersError) -> Self {
-        let message = e.to_string();
-        match e {
-            UsersError::InvalidArgument { .. } => Status::invalid_argument(message),
-            UsersError::EmailTaken => Status::already_exists(message),
-            UsersError::InvalidCredentials
-            | UsersError::Deactivated
-            | UsersError::InvalidToken(_) => Status::unauthenticated(message),
-            UsersError::NotFound(_) => Status::not_found(message),
-            UsersError::PermissionDenied(_) => Status::permission_denied(message),
-            UsersError::Busy => Status::with_error_details(
-                Code::ResourceExhausted,
-                message,
-                ErrorDetails::with_retry_info(Some(Duration::from_secs(1))),
-            ),
-            UsersError::Internal(e) => {
-                // The cause chain goes to the log only; clients learn nothing internal.
-                tracing::error!(error = format!("{e:#}"), "users request failed");
-                Status::internal(message)
-            }
-        }
+        Error::from(e).into()
     }
 }
