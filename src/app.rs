@@ -53,6 +53,9 @@ pub struct Module {
     /// wired to where they listen.
     pub calls: &'static [&'static str],
     pub about: &'static str,
+    /// Its PostgreSQL schema and migrations, if it has one (`agora
+    /// migrate` applies each).
+    pub database: Option<agora_kit::db::ServiceDatabase>,
     /// Builds it from the configuration (binds its listener).
     build: Build,
     /// Points its callers' settings at `url`, where it listens in this
@@ -80,6 +83,7 @@ pub static MODULES: &[Module] = &[
         service_name: agora_users::COMPONENT,
         calls: &[],
         about: "accounts, passwords, JWT/JWKS, roles, API keys (gRPC 3001; PostgreSQL)",
+        database: Some(agora_users::DATABASE),
         build: |c| {
             Box::pin(async move {
                 let users = UsersComponent::build(c.users.clone(), &c.database)
@@ -98,6 +102,7 @@ pub static MODULES: &[Module] = &[
         service_name: agora_catalog::COMPONENT,
         calls: &["users"],
         about: "products, categories, stock, reservations, search, recommendations (gRPC 3002; PostgreSQL, Redis)",
+        database: Some(agora_catalog::DATABASE),
         build: |c| {
             Box::pin(async move {
                 let catalog = CatalogComponent::build(c.catalog.clone(), &c.database)
@@ -113,6 +118,7 @@ pub static MODULES: &[Module] = &[
         service_name: agora_edge::COMPONENT,
         calls: &["users", "catalog"],
         about: "REST/JSON → gRPC gateway, auth, OpenAPI, /health (HTTP 3000)",
+        database: None,
         build: |c| {
             Box::pin(async move {
                 let edge = EdgeComponent::build(c.edge.clone())

@@ -127,8 +127,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             app.run_until_stopped(stop).await
         }
         Command::Migrate => {
-            agora_users::migrate(&config.database).await?;
-            agora_catalog::migrate(&config.database).await?;
+            for db in MODULES.iter().filter_map(|m| m.database) {
+                db.migrate(&config.database)
+                    .await
+                    .with_context(|| format!("migrating schema {}", db.schema))?;
+            }
             println!("migrations applied");
             Ok(())
         }

@@ -134,22 +134,15 @@ impl CatalogConfig {
     }
 }
 
+/// The service's database: schema `catalog` and its migrations.
+pub const DATABASE: agora_kit::db::ServiceDatabase = agora_kit::db::ServiceDatabase {
+    schema: SCHEMA,
+    migrator: &store::MIGRATOR,
+};
+
 /// Connects to PostgreSQL (schema `catalog`), migrating if configured.
 pub async fn connect(db: &DatabaseConfig) -> anyhow::Result<Store> {
-    Ok(Store::new(
-        agora_kit::db::open(db, SCHEMA, &store::MIGRATOR).await?,
-    ))
-}
-
-/// Runs this service's migrations and returns.
-pub async fn migrate(db: &DatabaseConfig) -> anyhow::Result<()> {
-    let db = DatabaseConfig {
-        migrate_on_start: true,
-        ..db.clone()
-    };
-    agora_kit::db::open(&db, SCHEMA, &store::MIGRATOR)
-        .await
-        .map(drop)
+    Ok(Store::new(DATABASE.open(db).await?))
 }
 
 /// The catalog service, built and bound, not yet serving.

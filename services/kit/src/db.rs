@@ -155,6 +155,28 @@ async fn apply_deadline(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error
     Ok(())
 }
 
+/// A service's database: its own schema and the migrations that shape it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceDatabase {
+    pub schema: &'static str,
+    pub migrator: &'static Migrator,
+}
+
+impl ServiceDatabase {
+    /// A pool on the schema, migrated first when `migrate_on_start` is set.
+    pub async fn open(&self, config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+        open(config, self.schema, self.migrator).await
+    }
+
+    /// Applies the migrations (the operator's `agora migrate`) and closes.
+    pub async fn migrate(&self, config: &DatabaseConfig) -> anyhow::Result<()> {
+        let pool = connect(config, self.schema).await?;
+        let migrated = migrate(&pool, self.migrator).await;
+        pool.close().await;
+        migrated
+    }
+}
+
 /// A service's pool on its schema, with its migrations applied first when
 /// `migrate_on_start` is set.
 pub async fn open(

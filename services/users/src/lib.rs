@@ -168,22 +168,15 @@ impl UsersConfig {
     }
 }
 
+/// The service's database: schema `users` and its migrations.
+pub const DATABASE: agora_kit::db::ServiceDatabase = agora_kit::db::ServiceDatabase {
+    schema: SCHEMA,
+    migrator: &store::MIGRATOR,
+};
+
 /// Connects to PostgreSQL (schema `users`), migrating if configured.
 pub async fn connect(db: &DatabaseConfig) -> anyhow::Result<Store> {
-    Ok(Store::new(
-        agora_kit::db::open(db, SCHEMA, &store::MIGRATOR).await?,
-    ))
-}
-
-/// Runs this service's migrations and returns.
-pub async fn migrate(db: &DatabaseConfig) -> anyhow::Result<()> {
-    let db = DatabaseConfig {
-        migrate_on_start: true,
-        ..db.clone()
-    };
-    agora_kit::db::open(&db, SCHEMA, &store::MIGRATOR)
-        .await
-        .map(drop)
+    Ok(Store::new(DATABASE.open(db).await?))
 }
 
 /// Creates an administrator account (the operator's `users create-admin`).
