@@ -1,7 +1,7 @@
 //! The gRPC surface: proto ⇄ domain. No SQL here.
 
 use agora_kit::auth::Caller;
-use agora_kit::proto::timestamp;
+use agora_kit::proto::{page_size, timestamp};
 use agora_proto::catalog::v1::{self as pb, catalog_service_server::CatalogService as CatalogApi};
 use chrono::Utc;
 use prost::Message as _;
@@ -161,13 +161,7 @@ impl CatalogApi for CatalogService {
             Ok(pb::ProductOrder::Unspecified) => Order::Newest,
             Err(_) => return Err(CatalogError::invalid("order_by", "is not a known order").into()),
         };
-        let page_size = match r.page_size {
-            0 => 20,
-            n @ 1..=100 => i64::from(n),
-            _ => {
-                return Err(CatalogError::invalid("page_size", "must be between 1 and 100").into());
-            }
-        };
+        let page_size = i64::from(page_size(r.page_size, 20).map_err(CatalogError::from)?);
         if r.min_price < 0 || r.max_price < 0 {
             return Err(CatalogError::invalid("min_price", "prices must not be negative").into());
         }

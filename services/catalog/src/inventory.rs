@@ -327,7 +327,8 @@ async fn finish(
         r.id,
         json!({"reservationId": r.id, "ownerId": r.owner_id, "items": items}),
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 async fn lock(

@@ -443,13 +443,5 @@ pub(crate) async fn movement(
     Ok(())
 }
 
-/// Appends an event to the outbox inside `tx`.
-pub(crate) async fn outbox(
-    tx: &mut Transaction<'_, Postgres>,
-    event_type: &str,
-    aggregate: Uuid,
-    payload: serde_json::Value,
-) -> Result<(), CatalogError> {
-    agora_kit::outbox::append(tx, event_type, &aggregate.to_string(), payload).await?;
-    Ok(())
-}
+/// Appends an event to the outbox inside the transaction; returns its id.
+pub(crate) use agora_kit::outbox::append as outbox;

@@ -12,7 +12,7 @@ use uuid::Uuid;
 pub async fn append(
     conn: &mut PgConnection,
     event_type: &str,
-    aggregate_id: &str,
+    aggregate_id: impl std::fmt::Display,
     payload: serde_json::Value,
 ) -> sqlx::Result<Uuid> {
     let id = Uuid::now_v7();
@@ -21,7 +21,7 @@ pub async fn append(
     )
     .bind(id)
     .bind(event_type)
-    .bind(aggregate_id)
+    .bind(aggregate_id.to_string())
     .bind(payload)
     .bind(crate::trace::current_traceparent())
     .execute(conn)

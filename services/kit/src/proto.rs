@@ -14,6 +14,22 @@ pub fn parse_id(field: &'static str, raw: &str) -> Result<Uuid, Error> {
     Uuid::parse_str(raw).map_err(|_| Error::invalid(field, "must be a UUID"))
 }
 
+/// The most items one page may hold.
+pub const MAX_PAGE_SIZE: i32 = 100;
+
+/// A list request's `page_size`: `default` when unset (0), else 1 to
+/// [`MAX_PAGE_SIZE`].
+pub fn page_size(requested: i32, default: i32) -> Result<i32, Error> {
+    match requested {
+        0 => Ok(default),
+        n @ 1..=MAX_PAGE_SIZE => Ok(n),
+        _ => Err(Error::invalid(
+            "page_size",
+            format!("must be between 1 and {MAX_PAGE_SIZE}"),
+        )),
+    }
+}
+
 /// A `google.protobuf.Timestamp` for `t`.
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {

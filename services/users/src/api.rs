@@ -1,6 +1,6 @@
 //! The gRPC surface: proto ⇄ domain. No SQL here; the store owns it.
 
-use agora_kit::proto::{from_timestamp, parse_id, timestamp};
+use agora_kit::proto::{from_timestamp, page_size, parse_id, timestamp};
 use std::sync::Arc;
 
 use agora_kit::auth::{AccessClaims, Caller};
@@ -336,11 +336,7 @@ impl UsersApi for UsersService {
         req: Request<pb::ListUsersRequest>,
     ) -> Answer<pb::ListUsersResponse> {
         let req = req.into_inner();
-        let size = match req.page_size {
-            0 => 50,
-            n @ 1..=100 => n,
-            _ => return Err(UsersError::invalid("page_size", "must be between 1 and 100").into()),
-        };
+        let size = page_size(req.page_size, 50).map_err(UsersError::from)?;
         let after = if req.page_token.is_empty() {
             None
         } else {

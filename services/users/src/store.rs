@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::{domain::Role, error::UsersError};
@@ -229,12 +229,5 @@ impl Store {
     }
 }
 
-/// Appends an event to the outbox inside `tx`; returns the event id.
-pub(crate) async fn outbox(
-    tx: &mut Transaction<'_, Postgres>,
-    event_type: &str,
-    aggregate: Uuid,
-    payload: serde_json::Value,
-) -> Result<Uuid, UsersError> {
-    Ok(agora_kit::outbox::append(tx, event_type, &aggregate.to_string(), payload).await?)
-}
+/// Appends an event to the outbox inside the transaction; returns its id.
+pub(crate) use agora_kit::outbox::append as outbox;
