@@ -122,6 +122,16 @@ impl RouteTable {
                         ),
                     });
                 }
+                // Until the edge streams replies to REST clients (SSE or
+                // NDJSON), a binding would send the first message and hang.
+                if method.is_server_streaming() {
+                    return Err(RouteError::Binding {
+                        method: method.full_name().to_owned(),
+                        reason: "the edge does not yet serve server-streaming RPCs over REST; \
+                                 remove the rule"
+                            .to_owned(),
+                    });
+                }
                 let rule: HttpRule = rule.transcode_to().map_err(|e| RouteError::Binding {
                     method: method.full_name().to_owned(),
                     reason: format!("unreadable google.api.http option: {e}"),

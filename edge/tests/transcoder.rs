@@ -283,7 +283,7 @@ fn responses_use_camel_case_string_int64_enum_names_and_include_defaults() {
 }
 
 #[test]
-fn rest_bindings_on_client_or_bidi_streams_are_refused_at_start_naming_the_method() {
+fn rest_bindings_on_streams_are_refused_at_start_naming_the_method() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut compiler = protox::Compiler::new([root.join("tests/protos"), root.join("../proto")])
         .expect("include paths");
@@ -294,13 +294,14 @@ fn rest_bindings_on_client_or_bidi_streams_are_refused_at_start_naming_the_metho
     let bytes = compiler.encode_file_descriptor_set();
     let pool = DescriptorPool::decode(bytes.as_slice()).expect("descriptor set decodes");
     for (service, method, kind) in [
-        ("ChatterService", "Talk", "bidi"),
-        ("UploadService", "Upload", "client"),
+        ("ChatterService", "Talk", "bidi-streaming"),
+        ("UploadService", "Upload", "client-streaming"),
+        ("FeedService", "Follow", "server-streaming"),
     ] {
         let prefix = format!("agora.testing.streaming.v1.{service}");
         let err = RouteTable::from_pool(&pool, &prefix).expect_err("refused");
         let text = err.to_string();
         assert!(text.contains(&format!("{prefix}.{method}")), "{text}");
-        assert!(text.contains(&format!("{kind}-streaming")), "{text}");
+        assert!(text.contains(kind), "{text}");
     }
 }
