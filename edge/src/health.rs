@@ -14,9 +14,12 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use agora_kit::balance::EndpointView;
+use agora_kit::{balance::EndpointView, shutdown::Shutdown};
 
-use crate::{EdgeState, upstream::Upstream};
+use crate::{
+    EdgeState,
+    upstream::{Upstream, Upstreams},
+};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -78,6 +81,23 @@ pub async fn health(State(state): State<Arc<EdgeState>>) -> (StatusCode, Json<He
             services,
         }),
     )
+}
+
+/// How often the edge checks its services on its own.
+const WATCH_EVERY: Duration = Duration::from_secs(10);
+
+/// Checks every upstream every [`WATCH_EVERY`], which keeps
+/// `service_health_status` current, until `shutdown` stops.
+pub async fn watch(upstreams: Upstreams, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.stopping() => return,
+            _ = tick.tick() => {}
+        }
+        join_all(upstreams.iter().map(|u| check(u))).await;
+    }
 }
 
 /// Checks every endpoint of `upstream` at once; the service is healthy when

@@ -268,6 +268,9 @@ impl EdgeComponent {
             limiter: Arc::new(RateLimiter::new(redis.clone(), &self.config.key_prefix)),
             idempotency: Arc::new(IdempotencyStore::new(redis, &self.config.key_prefix)),
         };
+        // `service_health_status` stays current for alerts even when
+        // nothing calls /health.
+        tokio::spawn(health::watch(state.upstreams.clone(), shutdown.clone()));
         let cors = cors_layer(&self.config.cors_origins)?;
         // Small responses must not wait for the client's delayed ACK.
         let listener = self.listener.tap_io(|tcp| {
