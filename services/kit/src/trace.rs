@@ -413,6 +413,9 @@ pub fn current_traceparent() -> Option<String> {
 
 /// `span`'s `traceparent` value (W3C Trace Context), if it has an id.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    if !enabled() {
+        return None;
+    }
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| {
@@ -427,6 +430,9 @@ pub fn traceparent(span: &tracing::Span) -> Option<String> {
 
 /// The trace and span id of the current span, for log lines.
 pub fn current_ids() -> Option<(String, String)> {
+    if !enabled() {
+        return None;
+    }
     let cx = tracing::Span::current().context();
     let sc = cx.span().span_context().clone();
     sc.is_valid()
