@@ -136,13 +136,17 @@ async fn command_line_tools_stay_quiet_unless_something_is_wrong() {
     // The mesh has migrated its database: running `migrate` again is the
     // everyday case, where PostgreSQL answers "already exists, skipping".
     let mesh = spawn_mesh().await;
-    let out = Command::new(env!("CARGO_BIN_EXE_agora"))
-        .arg("migrate")
-        .env_remove("RUST_LOG")
-        .env_remove("AGORA_LOG_FORMAT")
-        .env("DATABASE_URL", &mesh.database.url)
-        .output()
-        .expect("runs");
+    // As an operator runs it: no log settings in the environment.
+    let migrate = |database_url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_agora"))
+            .arg("migrate")
+            .env_remove("RUST_LOG")
+            .env_remove("AGORA_LOG_FORMAT")
+            .env("DATABASE_URL", database_url)
+            .output()
+            .expect("runs")
+    };
+    let out = migrate(&mesh.database.url);
     assert!(
         out.status.success(),
         "{}",
@@ -159,13 +163,7 @@ async fn command_line_tools_stay_quiet_unless_something_is_wrong() {
     );
 
     // A failure is told in human words on stderr.
-    let out = Command::new(env!("CARGO_BIN_EXE_agora"))
-        .arg("migrate")
-        .env_remove("RUST_LOG")
-        .env_remove("AGORA_LOG_FORMAT")
-        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
-        .output()
-        .expect("runs");
+    let out = migrate("postgres://nobody@127.0.0.1:1/none");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("PostgreSQL"), "{stderr}");

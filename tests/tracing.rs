@@ -595,3 +595,37 @@ async fn a_call_authenticated_by_api_key_stays_one_trace_through_the_users_servi
     );
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn otel_service_name_names_every_component_of_the_process() {
+    let (collector, otlp) = Collector::start().await;
+    let mesh = spawn_mesh().await;
+    let staff = staff(&mesh).await;
+    let id = new_product(&mesh, &staff, "renamed").await;
+    let mut env = otel_env(otlp);
+    env.push(("AGORA_CATALOG_ADDR", "127.0.0.1:0".to_owned()));
+    env.push(("OTEL_SERVICE_NAME", "shop".to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let edge = mesh.spawn_process("edge,catalog", free_port(), &env).await;
+
+    let resp = traced_read(&mesh, &edge.url(""), &id).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The edge's and the catalog's server spans, both under the operator's name.
+    let spans = collector
+        .trace(TRACE_ID, |s| {
+            s.iter()
+                .filter(|s| s.span.kind == SpanKind::Server as i32)
+                .count()
+                >= 2
+        })
+        .await;
+    assert!(
+        spans.iter().all(|s| s.service == "shop"),
+        "{:?}",
+        spans
+            .iter()
+            .map(|s| (&s.service, &s.span.name))
+            .collect::<Vec<_>>()
+    );
+    mesh.stop().await;
+}
