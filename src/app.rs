@@ -12,6 +12,7 @@ use std::{fmt, net::SocketAddr, str::FromStr};
 use futures::future::BoxFuture;
 
 use agora_catalog::CatalogComponent;
+use agora_chat::ChatComponent;
 use agora_edge::EdgeComponent;
 use agora_kit::{
     admin::{self, Readiness},
@@ -95,6 +96,7 @@ pub static MODULES: &[Module] = &[
         wire: Some(|c, url| {
             c.edge.set_upstream_url("users", url);
             c.catalog.users_url = url.to_owned();
+            c.chat.users_url = url.to_owned();
         }),
     },
     Module {
@@ -114,9 +116,25 @@ pub static MODULES: &[Module] = &[
         wire: Some(|c, url| c.edge.set_upstream_url("catalog", url)),
     },
     Module {
+        name: "chat",
+        service_name: agora_chat::COMPONENT,
+        calls: &["users"],
+        about: "rooms, encrypted messages, live streams, notifications (gRPC 3003; MongoDB, Redis)",
+        database: None,
+        build: |c| {
+            Box::pin(async move {
+                let chat = ChatComponent::build(c.chat.clone())
+                    .await
+                    .context("Failed to start the chat service")?;
+                Ok(Built::new(chat.local_addr()?, |s| chat.run(s)))
+            })
+        },
+        wire: Some(|c, url| c.edge.set_upstream_url("chat", url)),
+    },
+    Module {
         name: "edge",
         service_name: agora_edge::COMPONENT,
-        calls: &["users", "catalog"],
+        calls: &["users", "catalog", "chat"],
         about: "REST/JSON → gRPC gateway, auth, OpenAPI, /health (HTTP 3000)",
         database: None,
         build: |c| {
@@ -333,7 +351,7 @@ mod tests {
     #[test]
     fn targets_parse_as_a_comma_list_and_start_after_what_they_call() {
         let parse = |s: &str| names(&s.parse::<Targets>().expect("valid"));
-        assert_eq!(parse("all"), ["users", "catalog", "edge"]);
+        assert_eq!(parse("all"), ["users", "catalog", "chat", "edge"]);
         assert_eq!(parse("edge"), ["edge"]);
         assert_eq!(parse("users, edge"), ["users", "edge"]);
         // Named in any order, the edge starts after the services it calls.

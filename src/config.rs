@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use agora_catalog::CatalogConfig;
+use agora_chat::ChatConfig;
 use agora_edge::EdgeConfig;
 use agora_kit::{
     admin::AdminConfig,
@@ -22,6 +23,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub users: UsersConfig,
     pub catalog: CatalogConfig,
+    pub chat: ChatConfig,
     pub edge: EdgeConfig,
 }
 
@@ -37,6 +39,7 @@ impl Config {
         config.database.apply_env(env)?;
         config.users.apply_env(env)?;
         config.catalog.apply_env(env)?;
+        config.chat.apply_env(env)?;
         config.edge.apply_env(env)?;
         Ok(config)
     }

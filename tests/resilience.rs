@@ -366,9 +366,12 @@ async fn when_every_call_fails_retries_stay_within_the_budget() {
 async fn direct_grpc_calls_do_not_stall_on_delayed_acks() {
     let mesh = spawn_mesh().await;
     let id = with_product(&mesh, 10).await;
-    let mut client = CatalogServiceClient::connect(format!("http://{}", mesh.catalog_addr))
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.catalog_addr))
+        .expect("valid url")
+        .connect()
         .await
         .expect("connects");
+    let mut client = CatalogServiceClient::new(channel);
     let mut latencies = Vec::with_capacity(200);
     for i in 0..220 {
         let started = Instant::now();

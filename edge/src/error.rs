@@ -140,8 +140,9 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The `google.rpc.Status` JSON of this error.
+    pub fn status_json(&self) -> Vec<u8> {
         let mut details: Vec<Detail> = self
             .retry_after
             .iter()
@@ -161,14 +162,29 @@ impl IntoResponse for ApiError {
                     .unwrap_or_default(),
             }));
         }
-        let body = serde_json::to_vec(&StatusBody {
+        serde_json::to_vec(&StatusBody {
             code: self.code as i32,
             message: &self.message,
             details,
         })
-        .unwrap_or_else(|_| {
-            b"{\"code\":13,\"message\":\"internal error\",\"details\":[]}".to_vec()
-        });
+        .unwrap_or_else(|_| b"{\"code\":13,\"message\":\"internal error\",\"details\":[]}".to_vec())
+    }
+
+    /// `{"error": <google.rpc.Status>}`: how a stream reports its failure
+    /// in its last frame or line.
+    pub fn stream_error_json(&self) -> Vec<u8> {
+        let status = self.status_json();
+        let mut out = Vec::with_capacity(status.len() + 10);
+        out.extend_from_slice(b"{\"error\":");
+        out.extend_from_slice(&status);
+        out.push(b'}');
+        out
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.status_json();
         let status = self.status.unwrap_or_else(|| http_status(self.code));
         let mut resp = (status, body).into_response();
         if let Some(after) = self.retry_after {

@@ -8,6 +8,7 @@
 //! - [`transcode`]: JSON/URL ⇄ dynamic protobuf messages.
 //! - [`codec`]: a pass-through gRPC codec for dynamic calls.
 //! - [`proxy`]: the request handler tying these together.
+//! - [`stream`]: server streams as SSE/NDJSON, WebSocket bridges.
 //! - [`upstream`]: upstream services and their call policy.
 //! - [`call`]: one upstream call with shedding, breaker, deadline and retries.
 //! - [`error`]: gRPC status → HTTP status and `google.rpc.Status` bodies.
@@ -27,6 +28,7 @@ pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
+pub mod stream;
 pub mod template;
 pub mod transcode;
 pub mod upstream;
@@ -86,6 +88,18 @@ pub struct EdgeConfig {
     /// Requests in flight at the edge above which it answers 503 at once
     /// (`AGORA_EDGE_MAX_IN_FLIGHT`, default 10000).
     pub max_in_flight: usize,
+    /// Streams (SSE, NDJSON, WebSockets) open at once above which the edge
+    /// answers 503 (`AGORA_EDGE_MAX_STREAMS`, default 20000).
+    pub max_streams: usize,
+    /// Interval of WebSocket pings, in seconds; a client silent for two
+    /// intervals is disconnected (`AGORA_EDGE_WS_PING_SECS`, default 30).
+    #[serde(with = "agora_kit::config::secs")]
+    pub ws_ping_interval: Duration,
+    /// How long a stream message may wait for a WebSocket client to take
+    /// it before the client is disconnected as too slow, in milliseconds
+    /// (`AGORA_EDGE_STREAM_SEND_TIMEOUT_MS`, default 10000).
+    #[serde(with = "agora_kit::config::millis")]
+    pub stream_send_timeout: Duration,
     /// Redis for rate limits and idempotency records, shared by every edge
     /// replica (`REDIS_URL`, default `redis://127.0.0.1:6379`; empty: limits
     /// per process, no idempotency records).
@@ -109,6 +123,9 @@ impl Default for EdgeConfig {
             cors_origins: Vec::new(),
             auth_upstream: "users".into(),
             max_in_flight: 10_000,
+            max_streams: 20_000,
+            ws_ping_interval: Duration::from_secs(30),
+            stream_send_timeout: Duration::from_secs(10),
             redis_url: "redis://127.0.0.1:6379".into(),
             key_prefix: "agora:edge:".into(),
             rate_limits: RateLimitConfig::default(),
@@ -140,6 +157,12 @@ impl EdgeConfig {
         cors_layer(&self.cors_origins)?;
         env.string_into("AGORA_EDGE_AUTH_UPSTREAM", &mut self.auth_upstream);
         env.parse_into("AGORA_EDGE_MAX_IN_FLIGHT", &mut self.max_in_flight)?;
+        env.parse_into("AGORA_EDGE_MAX_STREAMS", &mut self.max_streams)?;
+        env.secs_into("AGORA_EDGE_WS_PING_SECS", &mut self.ws_ping_interval)?;
+        env.millis_into(
+            "AGORA_EDGE_STREAM_SEND_TIMEOUT_MS",
+            &mut self.stream_send_timeout,
+        )?;
         env.string_into("REDIS_URL", &mut self.redis_url);
         env.string_into("AGORA_EDGE_KEY_PREFIX", &mut self.key_prefix);
         self.rate_limits.apply_env(env)?;
@@ -158,6 +181,24 @@ impl EdgeConfig {
         if self.max_in_flight == 0 {
             return Err(ConfigError::invalid(
                 "AGORA_EDGE_MAX_IN_FLIGHT",
+                "must be positive",
+            ));
+        }
+        if self.max_streams == 0 {
+            return Err(ConfigError::invalid(
+                "AGORA_EDGE_MAX_STREAMS",
+                "must be positive",
+            ));
+        }
+        if self.ws_ping_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "AGORA_EDGE_WS_PING_SECS",
+                "must be positive",
+            ));
+        }
+        if self.stream_send_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "AGORA_EDGE_STREAM_SEND_TIMEOUT_MS",
                 "must be positive",
             ));
         }
@@ -183,6 +224,10 @@ pub struct EdgeState {
     /// Requests in flight through the proxy, and the cap on them.
     pub in_flight: Arc<AtomicUsize>,
     pub max_in_flight: usize,
+    /// Streams open through the edge, and the cap on them.
+    pub streams: stream::StreamCount,
+    pub max_streams: usize,
+    pub streams_settings: stream::StreamSettings,
     pub rate_limits: Arc<RateLimitConfig>,
     pub limiter: Arc<RateLimiter>,
     pub idempotency: Arc<IdempotencyStore>,
@@ -264,6 +309,13 @@ impl EdgeComponent {
             shutdown: shutdown.clone(),
             in_flight: Arc::default(),
             max_in_flight: self.config.max_in_flight,
+            streams: Arc::default(),
+            max_streams: self.config.max_streams,
+            streams_settings: stream::StreamSettings {
+                ping_interval: self.config.ws_ping_interval,
+                send_timeout: self.config.stream_send_timeout,
+                max_frame_bytes: self.config.body_limit_bytes,
+            },
             rate_limits: Arc::new(self.config.rate_limits.clone()),
             limiter: Arc::new(RateLimiter::new(redis.clone(), &self.config.key_prefix)),
             idempotency: Arc::new(IdempotencyStore::new(redis, &self.config.key_prefix)),

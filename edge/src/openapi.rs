@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Value, json};
 
-use crate::routes::{BodyRule, Route, RouteTable};
+use crate::routes::{BodyRule, Route, RouteKind, RouteTable};
 
 pub fn document(table: &RouteTable) -> Value {
     let mut paths: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
@@ -141,15 +141,35 @@ fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Val
         Some(f) => kind_schema(f, schemas),
     };
     op.insert("parameters".into(), Value::Array(params));
-    op.insert(
-        "responses".into(),
-        json!({
-            "200": {"description": "OK", "content": {"application/json": {"schema": resp_schema}}},
+    let ok = match route.kind {
+        RouteKind::Unary => json!({
+            "200": {"description": "OK", "content": {"application/json": {"schema": resp_schema}}}
+        }),
+        RouteKind::ServerStream => json!({
+            "200": {
+                "description": "A stream: with `Accept: text/event-stream`, Server-Sent Events whose data is one message each (a failure is a last `error` event carrying a google.rpc.Status); otherwise newline-delimited JSON, one message per line (a failure is a last line `{\"error\": <google.rpc.Status>}`).",
+                "content": {
+                    "text/event-stream": {"schema": {"type": "string"}, "x-message": resp_schema.clone()},
+                    "application/x-ndjson": {"schema": resp_schema}
+                }
+            }
+        }),
+        RouteKind::WebSocket => json!({
+            "101": {
+                "description": "A WebSocket. Text frames carry one JSON message each, both ways; the access token may come as the `access_token` query parameter. A failure is a last frame `{\"error\": <google.rpc.Status>}` and a close frame.",
+                "x-message": resp_schema
+            }
+        }),
+    };
+    let mut responses = json!({
             "default": {"description": "An error as a google.rpc.Status", "content": {"application/json": {"schema": {
                 "type": "object", "properties": {"code": {"type": "integer"}, "message": {"type": "string"},
                 "details": {"type": "array", "items": {"type": "object"}}}}}}}
-        }),
-    );
+    });
+    if let (Some(all), Value::Object(ok)) = (responses.as_object_mut(), ok) {
+        all.extend(ok);
+    }
+    op.insert("responses".into(), responses);
     if route.access.public {
         op.insert("security".into(), json!([]));
     } else {

@@ -13,7 +13,7 @@ use agora_kit::{
 };
 use axum::{
     body::Body,
-    extract::{ConnectInfo, Request, State},
+    extract::{ConnectInfo, FromRequestParts as _, Request, State, ws::WebSocketUpgrade},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -31,9 +31,10 @@ use crate::{
     error::{self, ApiError},
     idempotency::{self, Begin},
     ratelimit::{self, Decision},
-    routes::{Lookup, Route},
+    routes::{Lookup, Route, RouteKind},
+    stream::{self, Bridge, StreamCall},
     transcode::{request_message, response_json},
-    upstream::Slot,
+    upstream::{OwnedSlot, Slot, Upstream},
 };
 
 /// The matched route template, for metrics labels (bounded cardinality).
@@ -105,7 +106,26 @@ async fn call(
     values: &[String],
     req: Request,
 ) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let ws = match route.kind {
+        RouteKind::WebSocket => Some(
+            WebSocketUpgrade::from_request_parts(&mut parts, &())
+                .await
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "this path is a WebSocket: connect with a WebSocket client (GET with Upgrade: websocket)",
+                    )
+                    .with_status(StatusCode::UPGRADE_REQUIRED)
+                })?,
+        ),
+        _ => None,
+    };
+    // Browsers cannot set headers on WebSockets and EventSource: streams
+    // also take the access token from the query.
+    let mut query = parts.uri.query().map(str::to_owned);
+    if route.kind != RouteKind::Unary {
+        query = take_access_token(&mut parts.headers, query.as_deref())?;
+    }
     let client_timeout = match parts.headers.get("grpc-timeout") {
         None => None,
         Some(v) => Some(
@@ -173,7 +193,7 @@ async fn call(
             "the request body must be JSON (content-type: application/json)",
         ));
     }
-    let msg = request_message(route, values, parts.uri.query(), &body)
+    let msg = request_message(route, values, query.as_deref(), &body)
         .map_err(|e| ApiError::bad_request(e.0))?;
 
     let upstream = state.upstreams.get(&route.upstream).ok_or_else(|| {
@@ -226,6 +246,27 @@ async fn call(
         &mut metadata,
         caller.as_ref().map(|c| c.user_id.as_str()),
     );
+    if route.kind != RouteKind::Unary {
+        let mut resp = open_stream(
+            state,
+            route,
+            upstream,
+            StreamCall {
+                path: route.grpc_uri.clone(),
+                first: Bytes::from(msg.encode_to_vec()),
+                rest: None,
+                metadata,
+                client_timeout,
+            },
+            &parts.headers,
+            ws,
+        )
+        .await?;
+        if let Some(d) = &decision {
+            rate_limit_headers(&mut resp, d);
+        }
+        return Ok(resp);
+    }
     let reply = call::unary(
         upstream,
         UnaryCall {
@@ -269,6 +310,75 @@ async fn call(
         rate_limit_headers(&mut resp, d);
     }
     Ok(resp)
+}
+
+/// Opens a stream and answers with it: SSE/NDJSON, or the WebSocket
+/// upgrade.
+async fn open_stream(
+    state: &EdgeState,
+    route: &Route,
+    upstream: &Upstream,
+    mut call: StreamCall,
+    headers: &http::HeaderMap,
+    ws: Option<WebSocketUpgrade>,
+) -> Result<Response, ApiError> {
+    let Some(slot) = OwnedSlot::try_take(&state.streams, state.max_streams) else {
+        metrics::counter!("agora_edge_shed_total").increment(1);
+        return Err(ApiError::new(
+            Code::Unavailable,
+            "the edge holds as many streams as it may; try again shortly",
+        )
+        .with_retry_after(Duration::from_secs(1)));
+    };
+    let requests = match (&ws, route.method.is_client_streaming()) {
+        (Some(_), true) => {
+            let (tx, rx) = stream::request_queue();
+            call.rest = Some(rx);
+            Some(tx)
+        }
+        _ => None,
+    };
+    let replies = stream::open(upstream, call).await?;
+    let stopping = state.shutdown.stopping_owned();
+    Ok(match ws {
+        Some(ws) => Bridge {
+            route: route.clone(),
+            replies,
+            requests,
+            settings: state.streams_settings,
+            slot,
+        }
+        .upgrade(ws, stopping),
+        None => stream::respond(route, replies, stream::wants_sse(headers), slot, stopping),
+    })
+}
+
+/// Moves an `access_token` query parameter into the `authorization`
+/// header (unless one was sent) and returns the query without it.
+fn take_access_token(
+    headers: &mut http::HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let mut rest = Vec::new();
+    let mut token = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("access_token", value)) => token = Some(value),
+            _ => rest.push(pair),
+        }
+    }
+    if let Some(token) = token
+        && !headers.contains_key(header::AUTHORIZATION)
+    {
+        let token = percent_encoding::percent_decode_str(token).decode_utf8_lossy();
+        let value = HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| ApiError::bad_request("access_token: not a valid token"))?;
+        headers.insert(header::AUTHORIZATION, value);
+    }
+    Ok((!rest.is_empty()).then(|| rest.join("&")))
 }
 
 /// The upstream's reply as the route's JSON.

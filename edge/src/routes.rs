@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use agora_kit::access::AccessPolicy;
 use agora_proto::{
-    api::v1::{Access, RateLimit},
+    api::v1::{Access, RateLimit, WebSocketBinding},
     google::api::{HttpRule, http_rule::Pattern},
 };
 use http::Method;
@@ -18,6 +18,19 @@ use crate::template::{PathTemplate, TemplateError};
 
 const HTTP_EXTENSION: &str = "google.api.http";
 const RATE_LIMIT_EXTENSION: &str = "agora.api.v1.rate_limit";
+const WEBSOCKET_EXTENSION: &str = "agora.api.v1.websocket";
+
+/// How a route answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// One request, one JSON response.
+    Unary,
+    /// One request, a stream of responses: Server-Sent Events or
+    /// newline-delimited JSON, by `Accept`.
+    ServerStream,
+    /// A WebSocket bridged to a server- or bidi-streaming RPC.
+    WebSocket,
+}
 
 /// Where the request body goes.
 #[derive(Debug, Clone)]
@@ -33,6 +46,7 @@ pub enum BodyRule {
 /// One REST binding of one RPC method.
 #[derive(Debug, Clone)]
 pub struct Route {
+    pub kind: RouteKind,
     pub http_method: Method,
     pub template: PathTemplate,
     /// The request fields bound by each template variable, in order.
@@ -92,6 +106,7 @@ impl RouteTable {
         let policy = AccessPolicy::from_pool(pool);
         let ext = pool.get_extension_by_name(HTTP_EXTENSION);
         let limit_ext = pool.get_extension_by_name(RATE_LIMIT_EXTENSION);
+        let ws_ext = pool.get_extension_by_name(WEBSOCKET_EXTENSION);
         let mut routes = Vec::new();
         for service in pool
             .services()
@@ -99,66 +114,76 @@ impl RouteTable {
         {
             let upstream: Arc<str> = upstream_name(service.package_name()).into();
             for method in service.methods() {
-                let Some(ext) = &ext else { continue };
                 let options = method.options();
-                if !options.has_extension(ext) {
-                    continue;
-                }
-                let Value::Message(rule) = options.get_extension(ext).into_owned() else {
-                    continue;
-                };
-                // A REST request is one message: a stream from the client
-                // has no REST form (a WebSocket binding serves those).
-                if method.is_client_streaming() {
-                    return Err(RouteError::Binding {
-                        method: method.full_name().to_owned(),
-                        reason: format!(
-                            "google.api.http cannot bind a {}-streaming RPC; remove the rule",
-                            if method.is_server_streaming() {
-                                "bidi"
-                            } else {
-                                "client"
-                            }
-                        ),
-                    });
-                }
-                // Until the edge streams replies to REST clients (SSE or
-                // NDJSON), a binding would send the first message and hang.
-                if method.is_server_streaming() {
-                    return Err(RouteError::Binding {
-                        method: method.full_name().to_owned(),
-                        reason: "the edge does not yet serve server-streaming RPCs over REST; \
-                                 remove the rule"
-                            .to_owned(),
-                    });
-                }
-                let rule: HttpRule = rule.transcode_to().map_err(|e| RouteError::Binding {
-                    method: method.full_name().to_owned(),
-                    reason: format!("unreadable google.api.http option: {e}"),
-                })?;
                 let grpc_path: Arc<str> =
                     format!("/{}/{}", service.full_name(), method.name()).into();
+                let bad = |reason: String| RouteError::Binding {
+                    method: method.full_name().to_owned(),
+                    reason,
+                };
+                let http_rule = match &ext {
+                    Some(ext) if options.has_extension(ext) => {
+                        match options.get_extension(ext).into_owned() {
+                            Value::Message(rule) => {
+                                Some(rule.transcode_to::<HttpRule>().map_err(|e| {
+                                    bad(format!("unreadable google.api.http option: {e}"))
+                                })?)
+                            }
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                let ws_rule = match &ws_ext {
+                    Some(ext) if options.has_extension(ext) => {
+                        match options.get_extension(ext).into_owned() {
+                            Value::Message(rule) => {
+                                Some(rule.transcode_to::<WebSocketBinding>().map_err(|e| {
+                                    bad(format!("unreadable agora.api.v1.websocket option: {e}"))
+                                })?)
+                            }
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                if http_rule.is_none() && ws_rule.is_none() {
+                    continue;
+                }
+                // A REST request is one message: a stream from the client
+                // has no REST form (a WebSocket binding serves those).
+                if http_rule.is_some() && method.is_client_streaming() {
+                    return Err(bad(format!(
+                        "google.api.http cannot bind a {}-streaming RPC; bind it with \
+                         agora.api.v1.websocket instead",
+                        if method.is_server_streaming() {
+                            "bidi"
+                        } else {
+                            "client"
+                        }
+                    )));
+                }
+                if ws_rule.is_some() && !method.is_server_streaming() {
+                    return Err(bad(
+                        "agora.api.v1.websocket binds only server- or bidi-streaming RPCs".into(),
+                    ));
+                }
                 let access = policy.get(&grpc_path).cloned().unwrap_or_default();
                 let rate_limit = match &limit_ext {
                     Some(le) if options.has_extension(le) => {
                         match options.get_extension(le).as_ref() {
-                            Value::Message(m) => {
-                                m.transcode_to::<RateLimit>()
-                                    .map_err(|e| RouteError::Binding {
-                                        method: method.full_name().to_owned(),
-                                        reason: format!(
-                                            "unreadable agora.api.v1.rate_limit option: {e}"
-                                        ),
-                                    })?
-                            }
+                            Value::Message(m) => m.transcode_to::<RateLimit>().map_err(|e| {
+                                bad(format!("unreadable agora.api.v1.rate_limit option: {e}"))
+                            })?,
                             _ => RateLimit::default(),
                         }
                     }
                     _ => RateLimit::default(),
                 };
-                let mut add = |rule: &HttpRule| -> Result<(), RouteError> {
+                let mut add = |rule: &HttpRule, kind: RouteKind| -> Result<(), RouteError> {
                     routes.push(Route::from_rule(
                         rule,
+                        kind,
                         &method,
                         grpc_path.clone(),
                         upstream.clone(),
@@ -167,9 +192,24 @@ impl RouteTable {
                     )?);
                     Ok(())
                 };
-                add(&rule)?;
-                for extra in &rule.additional_bindings {
-                    add(extra)?;
+                if let Some(rule) = &http_rule {
+                    let kind = if method.is_server_streaming() {
+                        RouteKind::ServerStream
+                    } else {
+                        RouteKind::Unary
+                    };
+                    add(rule, kind)?;
+                    for extra in &rule.additional_bindings {
+                        add(extra, kind)?;
+                    }
+                }
+                if let Some(ws) = &ws_rule {
+                    let rule = HttpRule {
+                        pattern: Some(Pattern::Get(ws.path.clone())),
+                        response_body: ws.response_body.clone(),
+                        ..HttpRule::default()
+                    };
+                    add(&rule, RouteKind::WebSocket)?;
                 }
             }
         }
@@ -228,6 +268,7 @@ impl RouteTable {
 impl Route {
     fn from_rule(
         rule: &HttpRule,
+        kind: RouteKind,
         method: &MethodDescriptor,
         grpc_path: Arc<str>,
         upstream: Arc<str>,
@@ -300,6 +341,7 @@ impl Route {
             .unwrap_or(0);
         let idempotent = http_method == Method::GET || matches!(level, 1 | 2);
         Ok(Self {
+            kind,
             http_method,
             template,
             path_fields,

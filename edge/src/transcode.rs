@@ -43,6 +43,19 @@ pub fn request_message(
     Ok(msg)
 }
 
+/// Parses one JSON message of type `desc` (a WebSocket frame).
+pub fn message_from_json(
+    desc: &MessageDescriptor,
+    json: &[u8],
+) -> Result<DynamicMessage, BadRequest> {
+    if json.iter().all(u8::is_ascii_whitespace) {
+        return Err(BadRequest(
+            "the frame is empty; send one JSON message".into(),
+        ));
+    }
+    parse_body(desc, json, None)
+}
+
 /// Parses the body as the whole request, or as the one field `field`.
 fn parse_body(
     input: &MessageDescriptor,
@@ -316,6 +329,9 @@ fn infer_update_mask(
             paths.push(Value::String(f.name().to_owned()));
         }
     }
+    // One order whatever the JSON map keeps (serde_json's key order
+    // depends on its features).
+    paths.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
     let Kind::Message(mask_type) = mask_field.kind() else {
         return Ok(());
     };

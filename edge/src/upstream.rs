@@ -131,7 +131,7 @@ impl Default for UpstreamsConfig {
         // Only services that exist get a default entry; others appear when
         // configured.
         Self(
-            ["users", "catalog"]
+            ["users", "catalog", "chat"]
                 .into_iter()
                 .map(|n| (n.to_owned(), UpstreamPolicy::defaults_for(n)))
                 .collect(),
@@ -326,6 +326,28 @@ impl<'a> Slot<'a> {
 }
 
 impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A [`Slot`] that owns its count, for what outlives the request handler
+/// (an open stream).
+pub struct OwnedSlot(Arc<AtomicUsize>);
+
+impl OwnedSlot {
+    /// Takes a slot, or `None` when `max` are taken.
+    pub fn try_take(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        let taken = count.fetch_add(1, Ordering::AcqRel);
+        if taken >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(count.clone()))
+    }
+}
+
+impl Drop for OwnedSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use agora_edge::{
-    routes::{Lookup, Route, RouteTable},
+    routes::{Lookup, Route, RouteKind, RouteTable},
     transcode::{request_message, response_json},
 };
 use http::Method;
@@ -283,7 +283,7 @@ fn responses_use_camel_case_string_int64_enum_names_and_include_defaults() {
 }
 
 #[test]
-fn rest_bindings_on_streams_are_refused_at_start_naming_the_method() {
+fn stream_bindings_are_served_or_refused_at_start_naming_the_method() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut compiler = protox::Compiler::new([root.join("tests/protos"), root.join("../proto")])
         .expect("include paths");
@@ -293,15 +293,36 @@ fn rest_bindings_on_streams_are_refused_at_start_naming_the_method() {
         .expect("test proto compiles");
     let bytes = compiler.encode_file_descriptor_set();
     let pool = DescriptorPool::decode(bytes.as_slice()).expect("descriptor set decodes");
-    for (service, method, kind) in [
+    for (service, method, reason) in [
         ("ChatterService", "Talk", "bidi-streaming"),
         ("UploadService", "Upload", "client-streaming"),
-        ("FeedService", "Follow", "server-streaming"),
+        ("PingService", "Ping", "only server- or bidi-streaming"),
     ] {
         let prefix = format!("agora.testing.streaming.v1.{service}");
         let err = RouteTable::from_pool(&pool, &prefix).expect_err("refused");
         let text = err.to_string();
         assert!(text.contains(&format!("{prefix}.{method}")), "{text}");
-        assert!(text.contains(kind), "{text}");
+        assert!(text.contains(reason), "{text}");
     }
+    let table = RouteTable::from_pool(&pool, "agora.testing.streaming.v1.FeedService")
+        .expect("server and bidi streams are served");
+    let kinds: Vec<(RouteKind, &str)> =
+        table.routes().iter().map(|r| (r.kind, &*r.label)).collect();
+    assert!(
+        kinds.contains(&(RouteKind::ServerStream, "/v1/feed/{text}")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&(RouteKind::WebSocket, "/v1/feed/{text}/ws")),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&(RouteKind::WebSocket, "/v1/conversations/{text}/ws")),
+        "{kinds:?}"
+    );
+    let Lookup::Found(route, values) = table.lookup(&Method::GET, "/v1/conversations/c1/ws") else {
+        panic!("the WebSocket path routes");
+    };
+    assert_eq!(route.kind, RouteKind::WebSocket);
+    assert_eq!(values, ["c1"]);
 }

@@ -18,6 +18,12 @@ pub mod catalog {
     }
 }
 
+pub mod chat {
+    pub mod v1 {
+        tonic::include_proto!("agora.chat.v1");
+    }
+}
+
 pub mod users {
     pub mod v1 {
         tonic::include_proto!("agora.users.v1");

@@ -22,6 +22,7 @@ pub struct TestMesh {
     pub edge: String,
     pub users_addr: SocketAddr,
     pub catalog_addr: SocketAddr,
+    pub chat_addr: SocketAddr,
     pub admin: String,
     pub database: DatabaseConfig,
     pub db_name: String,
@@ -61,6 +62,12 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
     config.users.addr = "127.0.0.1:0".parse().expect("addr");
     config.edge.addr = "127.0.0.1:0".parse().expect("addr");
     config.catalog.addr = "127.0.0.1:0".parse().expect("addr");
+    config.chat.addr = "127.0.0.1:0".parse().expect("addr");
+    config.chat.mongodb_uri = mongodb_uri(&db_name);
+    config.chat.key_prefix = format!("{db_name}:chat:");
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        config.chat.redis_url = url;
+    }
     config.catalog.cache_key_prefix = format!("{db_name}:");
     if let Ok(url) = std::env::var("REDIS_URL") {
         config.catalog.redis_url = url;
@@ -89,6 +96,7 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
     let edge = format!("http://{}", app.addr("edge").expect("edge addr"));
     let users_addr = app.addr("users").expect("users addr");
     let catalog_addr = app.addr("catalog").expect("catalog addr");
+    let chat_addr = app.addr("chat").expect("chat addr");
     let admin = format!("http://{}", app.admin_addr().expect("admin addr"));
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async move {
@@ -98,6 +106,7 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
         edge,
         users_addr,
         catalog_addr,
+        chat_addr,
         admin,
         database,
         db_name,
@@ -129,9 +138,11 @@ impl TestMesh {
         // By default it reaches the mesh's own services.
         let users = format!("http://{}", self.users_addr);
         config.catalog.users_url = users.clone();
+        config.chat.users_url = users.clone();
         for (name, url) in [
             ("users", users),
             ("catalog", format!("http://{}", self.catalog_addr)),
+            ("chat", format!("http://{}", self.chat_addr)),
         ] {
             if let Some(policy) = config.edge.upstreams.0.get_mut(name) {
                 policy.url = url;
@@ -192,6 +203,13 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The MongoDB URI of a test's own database (`MONGODB_URI`'s server).
+pub fn mongodb_uri(db: &str) -> String {
+    let server =
+        std::env::var("MONGODB_URI").unwrap_or_else(|_| "mongodb://127.0.0.1:27017".into());
+    url_with_database(&server, db)
 }
 
 /// `url` with its database path replaced by `db`.
@@ -356,6 +374,9 @@ async fn drop_database(name: &str) {
             .execute(&mut conn)
             .await;
     }
+    if let Ok(client) = mongodb::Client::with_uri_str(mongodb_uri(name)).await {
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.database(name).drop()).await;
+    }
 }
 
 /// A test that failed before `stop()` still leaves no database behind.
@@ -517,6 +538,9 @@ impl TestMesh {
                 &self.config.catalog.cache_key_prefix,
             )
             .env("AGORA_EDGE_KEY_PREFIX", &self.config.edge.key_prefix)
+            .env("CHAT_SERVICE_URL", format!("http://{}", self.chat_addr))
+            .env("MONGODB_URI", &self.config.chat.mongodb_uri)
+            .env("AGORA_CHAT_KEY_PREFIX", &self.config.chat.key_prefix)
             .env("AGORA_EDGE_RATE_LIMIT_ANONYMOUS_PER_MINUTE", "0")
             .env("AGORA_SHUTDOWN_DRAIN_MS", "0")
             .env("AGORA_LOG_FORMAT", "text")

@@ -1,0 +1,758 @@
+//! Chat through the edge as its users meet it: REST, WebSockets, SSE and
+//! NDJSON streams, and direct gRPC; against the MongoDB-wire server and
+//! Redis, with two replicas where fan-out is the point.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestMesh, spawn_mesh, spawn_mesh_with};
+use futures::{SinkExt as _, StreamExt as _};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{Message as Ws, client::IntoClientRequest as _},
+};
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How long a test waits for something that should arrive at once.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Server logs (errors) go to the test's output.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
+}
+
+async fn user(mesh: &TestMesh, name: &str) -> (String, String) {
+    logs();
+    mesh.customer(&format!(
+        "{name}-{}@example.com",
+        uuid::Uuid::new_v4().simple()
+    ))
+    .await
+}
+
+async fn group(mesh: &TestMesh, token: &str, name: &str, members: &[&str]) -> String {
+    let r = mesh
+        .post(
+            "/api/v1/chat/rooms",
+            Some(token),
+            json!({"name": name, "memberIds": members}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    r.body["id"].as_str().expect("room id").to_owned()
+}
+
+fn ws_url(mesh: &TestMesh, path: &str) -> String {
+    mesh.url(path).replacen("http://", "ws://", 1)
+}
+
+async fn ws(mesh: &TestMesh, path: &str, token: &str) -> Socket {
+    let mut req = ws_url(mesh, path).into_client_request().expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let (socket, resp) = connect_async(req).await.expect("upgrade");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    socket
+}
+
+/// The next JSON text frame (pings are answered by the client library).
+async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        let frame = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("a frame in time")
+            .expect("socket open")
+            .expect("frame");
+        match frame {
+            Ws::Text(t) => return serde_json::from_str(&t).expect("JSON frame"),
+            Ws::Close(c) => panic!("closed: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Reads frames until one satisfies `want`.
+async fn until(socket: &mut Socket, want: impl Fn(&Value) -> bool) -> Value {
+    loop {
+        let v = next_json(socket).await;
+        if want(&v) {
+            return v;
+        }
+    }
+}
+
+async fn send(socket: &mut Socket, v: Value) {
+    socket
+        .send(Ws::Text(v.to_string().into()))
+        .await
+        .expect("sent");
+}
+
+#[tokio::test]
+async fn two_users_in_a_room_see_messages_typing_and_presence_over_websockets() {
+    let mesh = spawn_mesh().await;
+    let (ana_id, ana) = user(&mesh, "ana").await;
+    let (bo_id, bo) = user(&mesh, "bo").await;
+    let room = group(&mesh, &ana, "support", &[&bo_id]).await;
+    let path = format!("/api/v1/chat/rooms/{room}/ws");
+
+    let mut a = ws(&mesh, &path, &ana).await;
+    let ready = next_json(&mut a).await;
+    assert_eq!(ready["roomId"], room);
+    assert_eq!(ready["ready"]["onlineUserIds"], json!([ana_id]));
+
+    // Browsers send the token in the query.
+    let (mut b, _) = connect_async(format!("{}?access_token={bo}", ws_url(&mesh, &path)))
+        .await
+        .expect("upgrade with a query token");
+    let ready = next_json(&mut b).await;
+    let online = ready["ready"]["onlineUserIds"]
+        .as_array()
+        .expect("list")
+        .clone();
+    assert!(
+        online.contains(&json!(ana_id)) && online.contains(&json!(bo_id)),
+        "{ready}"
+    );
+    let joined = until(&mut a, |v| v["presence"]["userId"] == bo_id).await;
+    assert_eq!(joined["presence"], json!({"userId": bo_id, "online": true}));
+
+    send(&mut b, json!({"typing": {"typing": true}})).await;
+    let typing = until(&mut a, |v| v.get("typing").is_some()).await;
+    assert_eq!(typing["typing"], json!({"userId": bo_id, "typing": true}));
+
+    send(
+        &mut b,
+        json!({"send": {"clientId": "b-1", "body": "hello ana"}}),
+    )
+    .await;
+    let ack = until(&mut b, |v| v.get("ack").is_some()).await;
+    assert_eq!(ack["ack"]["clientId"], "b-1");
+    assert_eq!(ack["ack"]["duplicate"], false);
+    let got = until(&mut a, |v| v.get("message").is_some()).await;
+    assert_eq!(got["message"]["body"], "hello ana");
+    assert_eq!(got["message"]["senderId"], bo_id);
+    assert_eq!(got["message"]["id"], ack["ack"]["messageId"]);
+
+    // A message posted over REST reaches the sockets too.
+    let r = mesh
+        .post(
+            &format!("/api/v1/chat/rooms/{room}/messages"),
+            Some(&ana),
+            json!({"clientId": "a-1", "body": "hi bo"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let got = until(&mut b, |v| v.get("message").is_some()).await;
+    assert_eq!(got["message"]["body"], "hi bo");
+
+    b.close(None).await.expect("close");
+    let left = until(&mut a, |v| v["presence"]["userId"] == bo_id).await;
+    assert_eq!(left["presence"], json!({"userId": bo_id, "online": false}));
+    drop(a);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_resend_with_the_same_client_id_after_reconnecting_is_not_a_duplicate() {
+    let mesh = spawn_mesh().await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let room = group(&mesh, &ana, "notes", &[]).await;
+    let path = format!("/api/v1/chat/rooms/{room}/ws");
+
+    let mut a = ws(&mesh, &path, &ana).await;
+    send(
+        &mut a,
+        json!({"send": {"clientId": "c-7", "body": "only once"}}),
+    )
+    .await;
+    let first = until(&mut a, |v| v.get("ack").is_some()).await;
+    // The connection drops before the client could trust the ack.
+    drop(a);
+    let mut a = ws(&mesh, &path, &ana).await;
+    send(
+        &mut a,
+        json!({"send": {"clientId": "c-7", "body": "only once"}}),
+    )
+    .await;
+    let again = until(&mut a, |v| v.get("ack").is_some()).await;
+    assert_eq!(again["ack"]["messageId"], first["ack"]["messageId"]);
+    assert_eq!(again["ack"]["duplicate"], true);
+
+    let history = mesh
+        .get(&format!("/api/v1/chat/rooms/{room}/messages"), Some(&ana))
+        .await;
+    assert_eq!(history.body["messages"].as_array().expect("list").len(), 1);
+    drop(a);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn non_members_are_refused_at_the_upgrade_and_bad_frames_do_not_end_the_socket() {
+    let mesh = spawn_mesh().await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let (_, eve) = user(&mesh, "eve").await;
+    let room = group(&mesh, &ana, "private", &[]).await;
+    let path = format!("/api/v1/chat/rooms/{room}/ws");
+
+    let mut req = ws_url(&mesh, &path).into_client_request().expect("request");
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {eve}").parse().expect("h"));
+    match connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        }
+        other => panic!("a non-member must be refused: {other:?}"),
+    }
+    match connect_async(ws_url(&mesh, &path)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        }
+        other => panic!("no token must be refused: {other:?}"),
+    }
+    // A plain GET on the WebSocket path says what it is.
+    let plain = mesh.get(&path, Some(&ana)).await;
+    assert_eq!(
+        plain.status,
+        StatusCode::UPGRADE_REQUIRED,
+        "{:?}",
+        plain.body
+    );
+
+    let mut a = ws(&mesh, &path, &ana).await;
+    next_json(&mut a).await;
+    a.send(Ws::Text("{not json".into())).await.expect("sent");
+    let err = until(&mut a, |v| v.get("error").is_some()).await;
+    assert_eq!(err["error"]["code"], 3, "{err}");
+    send(&mut a, json!({"sned": {}})).await;
+    let err = until(&mut a, |v| v.get("error").is_some()).await;
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sned"),
+        "{err}"
+    );
+    // A refused message is answered on the stream, which goes on.
+    send(&mut a, json!({"send": {"clientId": "x", "body": "  "}})).await;
+    let refused = until(&mut a, |v| v.get("error").is_some()).await;
+    assert_eq!(refused["error"]["clientId"], "x");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("body"),
+        "{refused}"
+    );
+    send(
+        &mut a,
+        json!({"send": {"clientId": "ok", "body": "still here"}}),
+    )
+    .await;
+    let ack = until(&mut a, |v| v.get("ack").is_some()).await;
+    assert_eq!(ack["ack"]["clientId"], "ok");
+    drop(a);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn history_pages_newest_first_and_edits_and_deletes_show() {
+    let mesh = spawn_mesh().await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let (bo_id, bo) = user(&mesh, "bo").await;
+    let room = group(&mesh, &ana, "history", &[&bo_id]).await;
+    let messages = format!("/api/v1/chat/rooms/{room}/messages");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = mesh
+            .post(
+                &messages,
+                Some(&ana),
+                json!({"clientId": format!("m{i}"), "body": format!("message {i}")}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+        ids.push(r.body["id"].as_str().expect("id").to_owned());
+    }
+    let page = mesh.get(&format!("{messages}?pageSize=2"), Some(&bo)).await;
+    let bodies: Vec<&str> = page.body["messages"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| m["body"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(bodies, ["message 4", "message 3"]);
+    let token = page.body["nextPageToken"]
+        .as_str()
+        .expect("more")
+        .to_owned();
+    let page = mesh
+        .get(
+            &format!("{messages}?pageSize=2&pageToken={token}"),
+            Some(&bo),
+        )
+        .await;
+    assert_eq!(page.body["messages"][0]["body"], "message 2");
+
+    // Unread counts and the last message in the room list.
+    let rooms = mesh.get("/api/v1/chat/rooms", Some(&bo)).await;
+    assert_eq!(rooms.body["rooms"][0]["unreadCount"], 5, "{:?}", rooms.body);
+    assert_eq!(rooms.body["rooms"][0]["lastMessage"]["body"], "message 4");
+    let r = mesh
+        .post(
+            &format!("/api/v1/chat/rooms/{room}:markRead"),
+            Some(&bo),
+            json!({"messageId": ids[2]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let rooms = mesh.get("/api/v1/chat/rooms", Some(&bo)).await;
+    assert_eq!(rooms.body["rooms"][0]["unreadCount"], 2);
+
+    let edited = mesh
+        .call(
+            Method::PATCH,
+            &format!("{messages}/{}", ids[4]),
+            Some(&ana),
+            json!({"body": "message four"}),
+        )
+        .await;
+    assert_eq!(edited.status, StatusCode::OK, "{:?}", edited.body);
+    assert!(edited.body["editTime"].is_string());
+    let not_mine = mesh
+        .call(
+            Method::PATCH,
+            &format!("{messages}/{}", ids[4]),
+            Some(&bo),
+            json!({"body": "x"}),
+        )
+        .await;
+    assert_eq!(not_mine.status, StatusCode::FORBIDDEN);
+    let deleted = mesh
+        .call(
+            Method::DELETE,
+            &format!("{messages}/{}", ids[3]),
+            Some(&ana),
+            json!({}),
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    let page = mesh.get(&format!("{messages}?pageSize=2"), Some(&bo)).await;
+    assert_eq!(page.body["messages"][0]["body"], "message four");
+    assert_eq!(page.body["messages"][1]["deleted"], true);
+    assert_eq!(page.body["messages"][1]["body"], "");
+
+    // Outsiders do not learn the room exists.
+    let (_, eve) = user(&mesh, "eve").await;
+    let r = mesh.get(&messages, Some(&eve)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn stored_messages_hold_ciphertext_only() {
+    let mesh = spawn_mesh().await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let room = group(&mesh, &ana, "secret", &[]).await;
+    let secret = "the launch code is 0000";
+    let r = mesh
+        .post(
+            &format!("/api/v1/chat/rooms/{room}/messages"),
+            Some(&ana),
+            json!({"clientId": "s", "body": secret}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let client = mongodb::Client::with_uri_str(common::mongodb_uri(&mesh.db_name))
+        .await
+        .expect("mongo");
+    let raw: mongodb::bson::Document = client
+        .database(&mesh.db_name)
+        .collection("messages")
+        .find_one(mongodb::bson::doc! {"room_id": &room})
+        .await
+        .expect("query")
+        .expect("stored");
+    let bytes = mongodb::bson::to_vec(&raw).expect("bson");
+    assert!(
+        !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "{raw}"
+    );
+    assert!(!bytes.windows(6).any(|w| w == b"launch"), "{raw}");
+    assert!(raw.contains_key("ciphertext") && raw.contains_key("nonce") && raw.contains_key("kid"));
+    mesh.stop().await;
+}
+
+/// Reads an SSE or NDJSON body as lines until it ends.
+async fn read_stream(mut resp: reqwest::Response) -> Vec<String> {
+    let mut text = String::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout(WAIT, resp.chunk()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text.lines().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn sse_and_ndjson_streams_deliver_events_and_end_with_the_error() {
+    let mesh = spawn_mesh().await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let (bo_id, bo) = user(&mesh, "bo").await;
+    let (cy_id, cy) = user(&mesh, "cy").await;
+    let room = group(&mesh, &ana, "streams", &[&bo_id, &cy_id]).await;
+    let events = mesh.url(&format!("/api/v1/chat/rooms/{room}/events"));
+    let sse = mesh
+        .http
+        .get(&events)
+        .bearer_auth(&bo)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(sse.status(), StatusCode::OK);
+    assert!(
+        sse.headers()["content-type"]
+            .to_str()
+            .unwrap_or("")
+            .starts_with("text/event-stream")
+    );
+    let ndjson = mesh
+        .http
+        .get(&events)
+        .bearer_auth(&cy)
+        .send()
+        .await
+        .expect("ndjson");
+    assert_eq!(ndjson.headers()["content-type"], "application/x-ndjson");
+    let sse = tokio::spawn(read_stream(sse));
+    let ndjson = tokio::spawn(read_stream(ndjson));
+    // Both streams are open once their `ready` events went out; the
+    // message must find them subscribed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = mesh
+        .post(
+            &format!("/api/v1/chat/rooms/{room}/messages"),
+            Some(&ana),
+            json!({"clientId": "1", "body": "to the streams"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Removing the members ends their streams with the reason.
+    for id in [&bo_id, &cy_id] {
+        let r = mesh
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/chat/rooms/{room}/members/{id}"),
+                Some(&ana),
+                json!({}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    }
+
+    let lines = sse.await.expect("sse read");
+    let data: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+        .map(|d| serde_json::from_str(d.trim()).expect("event data is JSON"))
+        .collect();
+    assert!(data[0].get("ready").is_some(), "{lines:?}");
+    assert!(
+        data.iter()
+            .any(|d| d["message"]["body"] == "to the streams"),
+        "{lines:?}"
+    );
+    let error_at = lines
+        .iter()
+        .position(|l| l == "event: error")
+        .expect("an error event");
+    let last = data.last().expect("data");
+    assert_eq!(last["code"], 5, "{lines:?}");
+    assert!(error_at < lines.len());
+
+    let lines = ndjson.await.expect("ndjson read");
+    let values: Vec<Value> = lines
+        .iter()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert!(
+        values
+            .iter()
+            .any(|v| v["message"]["body"] == "to the streams"),
+        "{lines:?}"
+    );
+    let last = values.last().expect("lines");
+    assert_eq!(last["error"]["code"], 5, "{lines:?}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no longer a member")
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_mention_reaches_the_mentioned_users_notification_stream() {
+    let mesh = spawn_mesh().await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let (bo_id, bo) = user(&mesh, "bo").await;
+    let mut notes = ws(&mesh, "/api/v1/notifications/ws", &bo).await;
+    let room = group(&mesh, &ana, "mentions", &[&bo_id]).await;
+    let invited = next_json(&mut notes).await;
+    assert_eq!(invited["kind"], "NOTIFICATION_KIND_ROOM_INVITATION");
+    assert_eq!(invited["roomId"], room);
+    let r = mesh
+        .post(
+            &format!("/api/v1/chat/rooms/{room}/messages"),
+            Some(&ana),
+            json!({"clientId": "m", "body": "look at this, bo", "mentionIds": [bo_id]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let mention = next_json(&mut notes).await;
+    assert_eq!(mention["kind"], "NOTIFICATION_KIND_MENTION");
+    assert_eq!(mention["messageId"], r.body["id"]);
+
+    let list = mesh
+        .get("/api/v1/notifications?unreadOnly=true", Some(&bo))
+        .await;
+    assert_eq!(list.body["unreadCount"], 2, "{:?}", list.body);
+    let r = mesh
+        .post(
+            "/api/v1/notifications:markRead",
+            Some(&bo),
+            json!({"all": true}),
+        )
+        .await;
+    assert_eq!(r.body["marked"], 2);
+    let list = mesh.get("/api/v1/notifications", Some(&bo)).await;
+    assert_eq!(list.body["unreadCount"], 0);
+    assert_eq!(
+        list.body["notifications"].as_array().expect("list").len(),
+        2
+    );
+    drop(notes);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_posted_on_one_replica_reaches_streams_on_another() {
+    let mesh = spawn_mesh().await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let (bo_id, bo) = user(&mesh, "bo").await;
+    let room = group(&mesh, &ana, "replicas", &[&bo_id]).await;
+    // A second chat replica sharing MongoDB and Redis with the first, and
+    // an edge of its own in front of it.
+    let chat2 = mesh
+        .spawn("chat", |c| {
+            c.chat.addr = "127.0.0.1:0".parse().expect("addr");
+            c.admin.addr = "127.0.0.1:0".parse().expect("addr");
+        })
+        .await;
+    let chat2_url = chat2.grpc_url();
+    let second = mesh
+        .spawn("edge", |c| {
+            c.edge.addr = "127.0.0.1:0".parse().expect("addr");
+            c.admin.addr = "127.0.0.1:0".parse().expect("addr");
+            c.edge.set_upstream_url("chat", &chat2_url);
+        })
+        .await;
+    let path = format!("/api/v1/chat/rooms/{room}/ws");
+    let mut req = second
+        .url(&path)
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {bo}").parse().expect("h"));
+    let (mut b, _) = connect_async(req)
+        .await
+        .expect("upgrade on the second edge");
+    next_json(&mut b).await;
+    // Ana, on the first replica, sees Bo come online there.
+    let mut a = ws(&mesh, &path, &ana).await;
+    let ready = next_json(&mut a).await;
+    assert!(
+        ready["ready"]["onlineUserIds"]
+            .as_array()
+            .expect("list")
+            .contains(&json!(bo_id)),
+        "presence crosses replicas: {ready}"
+    );
+    let r = mesh
+        .post(
+            &format!("/api/v1/chat/rooms/{room}/messages"),
+            Some(&ana),
+            json!({"clientId": "x", "body": "across"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let got = until(&mut b, |v| v.get("message").is_some()).await;
+    assert_eq!(got["message"]["body"], "across");
+    send(
+        &mut b,
+        json!({"send": {"clientId": "y", "body": "and back"}}),
+    )
+    .await;
+    let got = until(&mut a, |v| v["message"]["senderId"] == bo_id).await;
+    assert_eq!(got["message"]["body"], "and back");
+    drop((a, b));
+    second.terminate().await;
+    chat2.terminate().await;
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_others_are_not() {
+    let mesh = spawn_mesh_with(|c| {
+        c.chat.stream_buffer = 32;
+        c.edge.stream_send_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let (bo_id, bo) = user(&mesh, "bo").await;
+    let room = group(&mesh, &ana, "firehose", &[&bo_id]).await;
+    let path = format!("/api/v1/chat/rooms/{room}/ws");
+    // Bo connects and never reads again.
+    let mut slow = ws(&mesh, &path, &bo).await;
+    let reader = ws(&mesh, &path, &ana).await;
+    let (mut writer, mut reader) = reader.split();
+    // Ana reads everything as it comes, in a task of its own.
+    let read_all = tokio::spawn(async move {
+        let (mut acks, mut messages) = (0, 0);
+        while acks < 600 || messages < 600 {
+            let frame = tokio::time::timeout(WAIT, reader.next())
+                .await
+                .expect("the reader is served in time")
+                .expect("open")
+                .expect("frame");
+            if let Ws::Text(t) = frame {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                acks += usize::from(v.get("ack").is_some());
+                messages += usize::from(v.get("message").is_some());
+            }
+        }
+        (acks, messages)
+    });
+    // Enough bytes to fill the socket buffers between Bo and the edge.
+    let body = "x".repeat(16_000);
+    for i in 0..600 {
+        let frame = json!({"send": {"clientId": format!("f{i}"), "body": body}});
+        writer
+            .send(Ws::Text(frame.to_string().into()))
+            .await
+            .expect("sent");
+    }
+    let (acks, messages) = read_all.await.expect("reader");
+    assert_eq!((acks, messages), (600, 600), "the reader got everything");
+    // The reader got every ack; the slow client's socket was closed: what
+    // it finally reads ends, rather than growing without bound.
+    let mut frames = 0usize;
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(frame) = slow.next().await {
+            match frame {
+                Ok(Ws::Close(_)) | Err(_) => return true,
+                Ok(_) => frames += 1,
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    assert!(ended, "the slow client was not cut off");
+    assert!(
+        frames < 600,
+        "it was cut off before receiving everything ({frames})"
+    );
+    drop(writer);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn connect_works_directly_over_grpc() {
+    use agora_proto::chat::v1::{
+        ConnectRequest, SendMessage, chat_service_client::ChatServiceClient,
+        connect_request::Action, room_event::Event,
+    };
+    let mesh = spawn_mesh().await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let room = group(&mesh, &ana, "grpc", &[]).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.chat_addr))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connects");
+    let mut client = ChatServiceClient::new(channel);
+    let requests = futures::stream::iter([
+        ConnectRequest {
+            room_id: room.clone(),
+            action: None,
+        },
+        ConnectRequest {
+            room_id: String::new(),
+            action: Some(Action::Send(SendMessage {
+                client_id: "g1".into(),
+                body: "over gRPC".into(),
+                mention_ids: vec![],
+            })),
+        },
+    ]);
+    let mut req = tonic::Request::new(requests);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ana}").parse().expect("md"),
+    );
+    let mut stream = client.connect(req).await.expect("opens").into_inner();
+    let mut seen = Vec::new();
+    // The client finished sending: the stream ends after its ack.
+    while let Some(resp) = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+    {
+        seen.push(resp.event.and_then(|e| e.event));
+    }
+    assert!(
+        matches!(seen.first(), Some(Some(Event::Ready(_)))),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Some(Event::Ack(a)) if a.client_id == "g1")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Some(Event::Message(m)) if m.body == "over gRPC")),
+        "{seen:?}"
+    );
+
+    // Without credentials: refused before anything streams.
+    let mut anon = ChatServiceClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.chat_addr))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connects"),
+    );
+    let err = anon
+        .connect(futures::stream::iter([ConnectRequest {
+            room_id: room.clone(),
+            action: None,
+        }]))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    mesh.stop().await;
+}
