@@ -756,3 +756,127 @@ async fn connect_works_directly_over_grpc() {
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     mesh.stop().await;
 }
+
+/// A Redis server of the test's own, which it can stop and start again.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        Self { port, child }
+    }
+
+    async fn ready(&self) {
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not listen on {}", self.port);
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_loses_redis_serves_its_own_clients_and_catches_up_after() {
+    use agora_proto::chat::v1::{
+        WatchRoomRequest, chat_service_client::ChatServiceClient, room_event::Event,
+    };
+    let port = common::free_port();
+    let mut redis = PrivateRedis::start(port);
+    redis.ready().await;
+    let redis_url = format!("redis://127.0.0.1:{port}");
+    let url = redis_url.clone();
+    let mesh = spawn_mesh_with(move |c| c.chat.redis_url = url).await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let (bo_id, bo) = user(&mesh, "bo").await;
+    let room = group(&mesh, &ana, "outage", &[&bo_id]).await;
+    let url = redis_url.clone();
+    let chat2 = mesh
+        .spawn("chat", move |c| {
+            c.chat.addr = "127.0.0.1:0".parse().expect("addr");
+            c.admin.addr = "127.0.0.1:0".parse().expect("addr");
+            c.chat.redis_url = url;
+        })
+        .await;
+    // Ana follows the room on the first replica (through the edge), Bo on
+    // the second (directly over gRPC).
+    let mut a = ws(&mesh, &format!("/api/v1/chat/rooms/{room}/ws"), &ana).await;
+    next_json(&mut a).await;
+    let channel = tonic::transport::Endpoint::from_shared(chat2.grpc_url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connects");
+    let mut req = tonic::Request::new(WatchRoomRequest {
+        room_id: room.clone(),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {bo}").parse().expect("md"));
+    let mut b = ChatServiceClient::new(channel)
+        .watch_room(req)
+        .await
+        .expect("watch")
+        .into_inner();
+    let bodies = |e: Option<Event>| match e {
+        Some(Event::Message(m)) => Some(m.body),
+        _ => None,
+    };
+
+    redis.stop();
+    let posted = mesh
+        .post(
+            &format!("/api/v1/chat/rooms/{room}/messages"),
+            Some(&ana),
+            json!({"clientId": "during", "body": "while Redis is down"}),
+        )
+        .await;
+    assert_eq!(posted.status, StatusCode::OK, "{:?}", posted.body);
+    // The first replica still serves its own clients.
+    let got = until(&mut a, |v| v.get("message").is_some()).await;
+    assert_eq!(got["message"]["body"], "while Redis is down");
+
+    let mut redis = PrivateRedis::start(port);
+    redis.ready().await;
+    // Bo's replica learns of the message once Redis is back.
+    let caught_up = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(resp) = b.message().await.expect("stream ok") {
+            if bodies(resp.event.and_then(|e| e.event)).as_deref() == Some("while Redis is down") {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        caught_up,
+        "the second replica did not catch up after Redis returned"
+    );
+    drop((a, b));
+    chat2.terminate().await;
+    redis.stop();
+    mesh.stop().await;
+}
