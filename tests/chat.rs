@@ -880,3 +880,51 @@ async fn a_replica_that_loses_redis_serves_its_own_clients_and_catches_up_after(
     redis.stop();
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn other_services_notify_users_through_notify_and_customers_may_not() {
+    use agora_proto::chat::v1::{NotifyRequest, chat_service_client::ChatServiceClient};
+    let mesh = spawn_mesh().await;
+    let (bo_id, bo) = user(&mesh, "bo").await;
+    let (_, staff) = mesh.admin().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.chat_addr))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connects");
+    let mut client = ChatServiceClient::new(channel);
+    let notify = |token: &str| {
+        let mut req = tonic::Request::new(NotifyRequest {
+            user_id: bo_id.clone(),
+            text: "your order shipped".into(),
+            room_id: String::new(),
+        });
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("md"),
+        );
+        req
+    };
+    let err = client
+        .notify(notify(&bo))
+        .await
+        .expect_err("customers may not");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    let sent = client
+        .notify(notify(&staff))
+        .await
+        .expect("staff may")
+        .into_inner();
+    assert_eq!(
+        sent.notification.expect("notification").text,
+        "your order shipped"
+    );
+    let list = mesh.get("/api/v1/notifications", Some(&bo)).await;
+    assert_eq!(
+        list.body["notifications"][0]["kind"], "NOTIFICATION_KIND_SYSTEM",
+        "{:?}",
+        list.body
+    );
+    assert_eq!(list.body["unreadCount"], 1);
+    mesh.stop().await;
+}
