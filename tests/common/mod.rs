@@ -65,6 +65,11 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
     config.chat.addr = "127.0.0.1:0".parse().expect("addr");
     config.chat.mongodb_uri = mongodb_uri(&db_name);
     config.chat.key_prefix = format!("{db_name}:chat:");
+    // Attachments go to a bucket of the test's own on the local S3 server.
+    if std::env::var("AWS_ENDPOINT_URL_S3").is_ok() {
+        config.chat.attachments_bucket = db_name.replace('_', "-");
+        config.chat.s3_path_style = true;
+    }
     if let Ok(url) = std::env::var("REDIS_URL") {
         config.chat.redis_url = url;
     }

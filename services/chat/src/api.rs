@@ -44,6 +44,11 @@ fn page_size(requested: i32) -> Result<i64, Status> {
     )?))
 }
 
+/// When a presigned URL made now stops working.
+fn expiry() -> prost_types::Timestamp {
+    agora_kit::proto::timestamp(chrono::Utc::now() + crate::files::URL_TTL)
+}
+
 /// A page token that continues after an id (empty: the first page).
 fn cursor(token: &str) -> Result<Option<&str>, Error> {
     if token.is_empty() {
@@ -183,7 +188,14 @@ async fn handle(
     match req.action {
         Some(connect_request::Action::Send(m)) => {
             match chat
-                .post(caller, room_id, &m.client_id, &m.body, &m.mention_ids)
+                .post(
+                    caller,
+                    room_id,
+                    &m.client_id,
+                    &m.body,
+                    &m.mention_ids,
+                    &m.attachment_ids,
+                )
                 .await
             {
                 Ok(posted) => push(tx, rooms::ack(room_id, &posted)).await,
@@ -342,6 +354,7 @@ impl chat_service_server::ChatService for ChatService {
                 &req.client_id,
                 &req.body,
                 &req.mention_ids,
+                &req.attachment_ids,
             )
             .await?;
         Ok(Response::new(pb::PostMessageResponse {
@@ -394,6 +407,48 @@ impl chat_service_server::ChatService for ChatService {
             .await?;
         Ok(Response::new(pb::DeleteMessageResponse {
             message: Some(message),
+        }))
+    }
+
+    async fn create_attachment(
+        &self,
+        req: Request<pb::CreateAttachmentRequest>,
+    ) -> Result<Response<pb::CreateAttachmentResponse>, Status> {
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        let (attachment, upload) = self
+            .chat
+            .create_attachment(
+                &caller,
+                &req.room_id,
+                &req.file_name,
+                &req.content_type,
+                req.size_bytes,
+            )
+            .await?;
+        Ok(Response::new(pb::CreateAttachmentResponse {
+            attachment: Some(attachment),
+            upload_url: upload.url,
+            upload_method: upload.method,
+            upload_headers: upload.headers.into_iter().collect(),
+            expire_time: Some(expiry()),
+        }))
+    }
+
+    async fn get_attachment(
+        &self,
+        req: Request<pb::GetAttachmentRequest>,
+    ) -> Result<Response<pb::GetAttachmentResponse>, Status> {
+        let caller = caller(&req)?;
+        let req = req.into_inner();
+        let (attachment, url) = self
+            .chat
+            .attachment_url(&caller, &req.room_id, &req.attachment_id)
+            .await?;
+        Ok(Response::new(pb::GetAttachmentResponse {
+            attachment: Some(attachment),
+            download_url: url,
+            expire_time: Some(expiry()),
         }))
     }
 

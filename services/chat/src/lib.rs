@@ -10,10 +10,12 @@
 //!   notifications.
 //! - [`store`]: the MongoDB collections.
 //! - [`crypto`]: AES-256-GCM sealing of message bodies, key rotation.
+//! - [`files`]: attachments in S3-compatible storage, presigned URLs.
 //! - [`hub`]: local streams, Redis fan-out, presence, catch-up.
 
 pub mod api;
 pub mod crypto;
+pub mod files;
 pub mod hub;
 pub mod rooms;
 pub mod store;
@@ -34,7 +36,14 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
-use crate::{api::ChatService, crypto::Keyring, hub::Hub, rooms::Chat, store::Store};
+use crate::{
+    api::ChatService,
+    crypto::Keyring,
+    files::Files,
+    hub::Hub,
+    rooms::{AttachmentRules, Chat},
+    store::Store,
+};
 
 /// The gRPC service name, as reported by health checks.
 pub const SERVICE_NAME: &str = "agora.chat.v1.ChatService";
@@ -81,6 +90,20 @@ pub struct ChatConfig {
     /// (`AGORA_CHAT_ENCRYPTION_KEYS_FILE`, default none). Without keys, a
     /// development key is made once and kept in MongoDB, with a warning.
     pub encryption_keys_file: Option<PathBuf>,
+    /// The S3 bucket of attachments (`AGORA_CHAT_ATTACHMENTS_BUCKET`,
+    /// default empty: attachments are off). Created at start when missing.
+    /// Storage is reached by the AWS SDK's own settings (`AWS_REGION`,
+    /// `AWS_ENDPOINT_URL_S3`, the credentials chain).
+    pub attachments_bucket: String,
+    /// Address the bucket by path (`endpoint/bucket`), as local S3 servers
+    /// need (`AGORA_CHAT_S3_PATH_STYLE`, default false).
+    pub s3_path_style: bool,
+    /// The largest attachment, in bytes (`AGORA_CHAT_ATTACHMENT_MAX_BYTES`,
+    /// default 10 MiB).
+    pub attachment_max_bytes: i64,
+    /// Accepted attachment content types (`AGORA_CHAT_ATTACHMENT_TYPES`, a
+    /// comma list; default images, PDF and plain text).
+    pub attachment_types: Vec<String>,
     /// Events a stream may fall behind by before it is ended as too slow
     /// (`AGORA_CHAT_STREAM_BUFFER`, default 256).
     pub stream_buffer: usize,
@@ -102,6 +125,19 @@ impl Default for ChatConfig {
             key_prefix: "agora:chat:".into(),
             encryption_keys: Secret::default(),
             encryption_keys_file: None,
+            attachments_bucket: String::new(),
+            s3_path_style: false,
+            attachment_max_bytes: 10 << 20,
+            attachment_types: [
+                "image/png",
+                "image/jpeg",
+                "image/gif",
+                "image/webp",
+                "application/pdf",
+                "text/plain",
+            ]
+            .map(String::from)
+            .to_vec(),
             stream_buffer: 256,
             users_url: "http://127.0.0.1:3001".into(),
             jwt_issuer: "agora".into(),
@@ -122,6 +158,22 @@ impl ChatConfig {
         if let Some(path) = env.get("AGORA_CHAT_ENCRYPTION_KEYS_FILE") {
             self.encryption_keys_file = (!path.is_empty()).then(|| PathBuf::from(path));
         }
+        env.string_into(
+            "AGORA_CHAT_ATTACHMENTS_BUCKET",
+            &mut self.attachments_bucket,
+        );
+        env.parse_into("AGORA_CHAT_S3_PATH_STYLE", &mut self.s3_path_style)?;
+        env.parse_into(
+            "AGORA_CHAT_ATTACHMENT_MAX_BYTES",
+            &mut self.attachment_max_bytes,
+        )?;
+        if let Some(list) = env.get("AGORA_CHAT_ATTACHMENT_TYPES") {
+            self.attachment_types = list
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect();
+        }
         env.parse_into("AGORA_CHAT_STREAM_BUFFER", &mut self.stream_buffer)?;
         env.string_into("USER_SERVICE_URL", &mut self.users_url);
         env.string_into("AGORA_JWT_ISSUER", &mut self.jwt_issuer);
@@ -141,6 +193,21 @@ impl ChatConfig {
         if !self.redis_url.is_empty() {
             fred::prelude::Config::from_url(&self.redis_url)
                 .map_err(|e| ConfigError::invalid("REDIS_URL", format!("not a Redis URL: {e}")))?;
+        }
+        if self.attachment_max_bytes < 1 {
+            return Err(ConfigError::invalid(
+                "AGORA_CHAT_ATTACHMENT_MAX_BYTES",
+                "must be positive",
+            ));
+        }
+        if let Some(bad) = self.attachment_types.iter().find(|t| {
+            t.split_once('/')
+                .is_none_or(|(a, b)| a.is_empty() || b.is_empty())
+        }) {
+            return Err(ConfigError::invalid(
+                "AGORA_CHAT_ATTACHMENT_TYPES",
+                format!("{bad:?} is not a content type like image/png"),
+            ));
         }
         if self.stream_buffer == 0 {
             return Err(ConfigError::invalid(
@@ -233,6 +300,13 @@ impl ChatComponent {
             Some(redis)
         };
         let hub = Hub::new(redis, &config.key_prefix, config.stream_buffer);
+        let files = if config.attachments_bucket.is_empty() {
+            None
+        } else {
+            let files = Files::new(&config.attachments_bucket, config.s3_path_style).await;
+            files.ensure_bucket().await;
+            Some(files)
+        };
         let users = Balanced::new("users", &config.users_url, "USER_SERVICE_URL").await?;
         let auth = AuthLayer::new(
             AccessPolicy::from_contracts()?,
@@ -247,6 +321,11 @@ impl ChatComponent {
                 store,
                 keys: Arc::new(keys),
                 hub,
+                files,
+                rules: AttachmentRules {
+                    max_bytes: config.attachment_max_bytes,
+                    types: config.attachment_types.clone(),
+                },
             },
             auth,
             config,

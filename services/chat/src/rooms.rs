@@ -7,16 +7,20 @@ use std::sync::Arc;
 
 use agora_kit::{error::Error, proto::parse_id};
 use agora_proto::chat::v1::{
-    Ack, Member, MemberRole, Message, Notification, NotificationKind, ReadReceipt, Room, RoomEvent,
-    RoomKind, Typing, room_event,
+    Ack, Attachment, Member, MemberRole, Message, Notification, NotificationKind, ReadReceipt,
+    Room, RoomEvent, RoomKind, Typing, room_event,
 };
 use tonic::Code;
 use uuid::Uuid;
 
 use crate::{
     crypto::{Keyring, Sealed},
+    files::{Files, Presigned},
     hub::Hub,
-    store::{self, MemberDoc, MessageDoc, NotificationDoc, RoomDoc, Store, binary},
+    store::{
+        self, AttachmentDoc, AttachmentRef, MemberDoc, MessageDoc, NotificationDoc, RoomDoc, Store,
+        binary,
+    },
 };
 
 /// The longest message body, in characters.
@@ -25,6 +29,17 @@ pub const MAX_BODY_CHARS: usize = 16_384;
 pub const MAX_CLIENT_ID: usize = 64;
 /// The most members a group may have.
 pub const MAX_MEMBERS: usize = 1_000;
+/// The most attachments one message may carry.
+pub const MAX_ATTACHMENTS: usize = 10;
+
+/// What attachments may be.
+#[derive(Debug, Clone)]
+pub struct AttachmentRules {
+    /// The largest file, in bytes.
+    pub max_bytes: i64,
+    /// Accepted content types (lowercase, without parameters).
+    pub types: Vec<String>,
+}
 
 /// A store failure: UNAVAILABLE when MongoDB cannot be reached, else
 /// internal; the cause goes to the log.
@@ -103,6 +118,41 @@ pub struct Chat {
     pub store: Store,
     pub keys: Arc<Keyring>,
     pub hub: Arc<Hub>,
+    /// Object storage for attachments; `None` when not configured.
+    pub files: Option<Files>,
+    pub rules: AttachmentRules,
+}
+
+/// Where an attachment is stored in the bucket.
+fn object_key(room_id: &str, id: &str) -> String {
+    format!("rooms/{room_id}/{id}")
+}
+
+fn storage_down(e: anyhow::Error) -> Error {
+    tracing::warn!(error = format!("{e:#}"), "object storage failed");
+    Error::Refused {
+        code: Code::Unavailable,
+        reason: "STORAGE_UNAVAILABLE",
+        message: "attachment storage is unavailable; try again shortly".into(),
+    }
+}
+
+fn attachment(a: &AttachmentRef) -> Attachment {
+    Attachment {
+        id: a.id.clone(),
+        file_name: a.file_name.clone(),
+        content_type: a.content_type.clone(),
+        size_bytes: a.size,
+    }
+}
+
+fn reference(a: &AttachmentDoc) -> AttachmentRef {
+    AttachmentRef {
+        id: a.id.clone(),
+        file_name: a.file_name.clone(),
+        content_type: a.content_type.clone(),
+        size: a.size,
+    }
 }
 
 impl Chat {
@@ -429,6 +479,165 @@ impl Chat {
         Ok(())
     }
 
+    fn files(&self) -> Result<&Files, Error> {
+        self.files.as_ref().ok_or_else(|| {
+            Error::FailedPrecondition(
+                "attachments are not enabled on this service (AGORA_CHAT_ATTACHMENTS_BUCKET)"
+                    .into(),
+            )
+        })
+    }
+
+    /// Reserves an attachment and presigns its upload.
+    pub async fn create_attachment(
+        &self,
+        caller: &str,
+        room_id: &str,
+        file_name: &str,
+        content_type: &str,
+        size: i64,
+    ) -> Result<(Attachment, Presigned), Error> {
+        self.membership(room_id, caller).await?;
+        let files = self.files()?;
+        let file_name = file_name.trim();
+        if file_name.is_empty() {
+            return Err(Error::invalid("file_name", "is required"));
+        }
+        if file_name.chars().count() > 255 || file_name.contains(['/', '\\', '\0']) {
+            return Err(Error::invalid(
+                "file_name",
+                "must be at most 255 characters, without path separators",
+            ));
+        }
+        let content_type = content_type.trim().to_ascii_lowercase();
+        if !self.rules.types.contains(&content_type) {
+            return Err(Error::invalid(
+                "content_type",
+                format!("must be one of {}", self.rules.types.join(", ")),
+            ));
+        }
+        if size < 1 || size > self.rules.max_bytes {
+            return Err(Error::invalid(
+                "size_bytes",
+                format!("must be between 1 and {} bytes", self.rules.max_bytes),
+            ));
+        }
+        let id = Uuid::now_v7().to_string();
+        let doc = AttachmentDoc {
+            key: object_key(room_id, &id),
+            id,
+            room_id: room_id.to_owned(),
+            uploader_id: caller.to_owned(),
+            file_name: file_name.to_owned(),
+            content_type,
+            size,
+            created_at: store::now(),
+            message_id: String::new(),
+        };
+        let presigned = files
+            .upload_url(&doc.key, &doc.content_type, size)
+            .await
+            .map_err(storage_down)?;
+        self.store.attachments.insert_one(&doc).await.map_err(db)?;
+        Ok((attachment(&reference(&doc)), presigned))
+    }
+
+    /// A download URL for an attachment the caller may see: posted in a
+    /// room they are a member of, or their own upload.
+    pub async fn attachment_url(
+        &self,
+        caller: &str,
+        room_id: &str,
+        id: &str,
+    ) -> Result<(Attachment, String), Error> {
+        self.membership(room_id, caller).await?;
+        let files = self.files()?;
+        parse_id("attachment_id", id)?;
+        let doc = self
+            .store
+            .attachment(room_id, id)
+            .await
+            .map_err(db)?
+            .filter(|a| !a.message_id.is_empty() || a.uploader_id == caller)
+            .ok_or_else(|| Error::NotFound("attachment not found".into()))?;
+        let url = files
+            .download_url(&doc.key, &doc.file_name)
+            .await
+            .map_err(storage_down)?;
+        Ok((attachment(&reference(&doc)), url))
+    }
+
+    /// The caller's uploaded, unposted attachments `ids` in `room_id`,
+    /// checked against what storage holds. A file that does not match its
+    /// declaration is deleted.
+    async fn uploaded(
+        &self,
+        caller: &str,
+        room_id: &str,
+        ids: &[String],
+    ) -> Result<Vec<AttachmentRef>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let files = self.files()?;
+        if ids.len() > MAX_ATTACHMENTS {
+            return Err(Error::invalid(
+                "attachment_ids",
+                format!("a message carries at most {MAX_ATTACHMENTS} attachments"),
+            ));
+        }
+        let mut out: Vec<AttachmentRef> = Vec::with_capacity(ids.len());
+        for id in ids {
+            parse_id("attachment_ids", id)?;
+            if out.iter().any(|a| a.id == *id) {
+                continue;
+            }
+            let doc = self
+                .store
+                .attachment(room_id, id)
+                .await
+                .map_err(db)?
+                .filter(|a| a.uploader_id == caller)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "attachment_ids",
+                        format!("{id} is not an attachment of yours in this room"),
+                    )
+                })?;
+            if !doc.message_id.is_empty() {
+                return Err(Error::invalid(
+                    "attachment_ids",
+                    format!("{id} was already posted"),
+                ));
+            }
+            let stored = files.stat(&doc.key).await.map_err(storage_down)?;
+            let Some(stored) = stored else {
+                return Err(Error::FailedPrecondition(format!(
+                    "attachment {id}: nothing was uploaded yet"
+                )));
+            };
+            let declared_type = stored
+                .content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(&doc.content_type);
+            if stored.size != doc.size || stored.size > self.rules.max_bytes || !declared_type {
+                files.delete(&doc.key).await;
+                return Err(Error::invalid(
+                    "attachment_ids",
+                    format!(
+                        "{id}: the upload ({} bytes, {}) is not the declared {} bytes of {}; it was deleted, upload it again",
+                        stored.size, stored.content_type, doc.size, doc.content_type
+                    ),
+                ));
+            }
+            out.push(reference(&doc));
+        }
+        Ok(out)
+    }
+
     /// Stores a message, then fans it out and notifies its mentions. A
     /// resend (same sender and client id) returns the stored message.
     pub async fn post(
@@ -438,6 +647,7 @@ impl Chat {
         client_id: &str,
         body: &str,
         mention_ids: &[String],
+        attachment_ids: &[String],
     ) -> Result<Posted, Error> {
         self.membership(room_id, caller).await?;
         if client_id.is_empty() {
@@ -449,7 +659,14 @@ impl Chat {
                 format!("must be at most {MAX_CLIENT_ID} bytes"),
             ));
         }
-        check_body("body", body)?;
+        if attachment_ids.is_empty() {
+            check_body("body", body)?;
+        } else if body.chars().count() > MAX_BODY_CHARS {
+            return Err(Error::invalid(
+                "body",
+                format!("must be at most {MAX_BODY_CHARS} characters"),
+            ));
+        }
         if let Some(first) = self
             .store
             .message_by_client_id(room_id, caller, client_id)
@@ -477,6 +694,7 @@ impl Chat {
                 }
             }
         }
+        let attachments = self.uploaded(caller, room_id, attachment_ids).await?;
         let id = Uuid::now_v7().to_string();
         let sealed = self
             .keys
@@ -492,6 +710,7 @@ impl Chat {
             nonce: binary(sealed.nonce),
             ciphertext: binary(sealed.ciphertext),
             mentions: mentions.clone(),
+            attachments,
             created_at: now,
             edited_at: 0,
             updated_at: now,
@@ -515,6 +734,11 @@ impl Chat {
             Err(e) => return Err(db(e)),
         }
         metrics::counter!("agora_chat_messages_total").increment(1);
+        for a in &doc.attachments {
+            if !self.store.attach(&a.id, &id).await.map_err(db)? {
+                tracing::warn!(attachment = %a.id, "an attachment went out with two messages at once");
+            }
+        }
         // The room list order; a failure here costs only ordering.
         if let Err(e) = self.store.touch_room(room_id, now).await {
             tracing::warn!(error = %e, "cannot record room activity");
@@ -639,6 +863,7 @@ impl Chat {
                 mongodb::bson::doc! {"_id": id, "room_id": room_id},
                 mongodb::bson::doc! {"$set": {
                     "deleted_at": now,
+                    "attachments": [],
                     "kid": "",
                     "nonce": binary(Vec::new()),
                     "ciphertext": binary(Vec::new()),
@@ -647,9 +872,15 @@ impl Chat {
             )
             .await
             .map_err(db)?;
+        if let Some(files) = &self.files {
+            for a in &doc.attachments {
+                files.delete(&object_key(room_id, &a.id)).await;
+            }
+        }
         let tombstone = to_message(
             &MessageDoc {
                 deleted_at: now,
+                attachments: Vec::new(),
                 ..doc
             },
             String::new(),
@@ -855,5 +1086,6 @@ fn to_message(doc: &MessageDoc, body: String) -> Message {
         create_time: Some(ms(doc.created_at)),
         edit_time: (doc.edited_at != 0).then(|| ms(doc.edited_at)),
         deleted: doc.deleted(),
+        attachments: doc.attachments.iter().map(attachment).collect(),
     }
 }

@@ -9,6 +9,8 @@
 //!   ids are UUIDv7 strings, so they sort in posting order; a unique index
 //!   on (room, sender, client id) makes resends return the first message;
 //! - `notifications`: per user, newest first;
+//! - `attachments`: files reserved for upload, and the message each went
+//!   out with;
 //! - `settings`: the development encryption key when none is configured.
 //!
 //! Only single-document writes and simple queries are used, so the store
@@ -79,6 +81,9 @@ pub struct MessageDoc {
     pub nonce: Binary,
     pub ciphertext: Binary,
     pub mentions: Vec<String>,
+    /// Files posted with it.
+    #[serde(default)]
+    pub attachments: Vec<AttachmentRef>,
     pub created_at: Millis,
     pub edited_at: Millis,
     /// Changed on every write: catch-up after a fan-out outage reads what
@@ -92,6 +97,32 @@ impl MessageDoc {
     pub fn deleted(&self) -> bool {
         self.deleted_at != 0
     }
+}
+
+/// An attachment as a message lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachmentRef {
+    pub id: String,
+    pub file_name: String,
+    pub content_type: String,
+    pub size: i64,
+}
+
+/// An attachment reserved for upload, and the message it went out with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachmentDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub room_id: String,
+    pub uploader_id: String,
+    /// The object's key in the bucket.
+    pub key: String,
+    pub file_name: String,
+    pub content_type: String,
+    pub size: i64,
+    pub created_at: Millis,
+    /// The message it was posted with; empty until then.
+    pub message_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,6 +174,7 @@ pub struct Store {
     pub members: Collection<MemberDoc>,
     pub messages: Collection<MessageDoc>,
     pub notifications: Collection<NotificationDoc>,
+    pub attachments: Collection<AttachmentDoc>,
     settings: Collection<SettingDoc>,
 }
 
@@ -168,6 +200,7 @@ impl Store {
             members: db.collection("members"),
             messages: db.collection("messages"),
             notifications: db.collection("notifications"),
+            attachments: db.collection("attachments"),
             settings: db.collection("settings"),
             db,
         };
@@ -426,6 +459,25 @@ impl Store {
             .update_one(
                 doc! {"_id": member_id(room_id, user_id), "last_read": {"$lt": message_id}},
                 doc! {"$set": {"last_read": message_id, "read_at": at}},
+            )
+            .await?;
+        Ok(updated.modified_count > 0)
+    }
+
+    pub async fn attachment(&self, room_id: &str, id: &str) -> StoreResult<Option<AttachmentDoc>> {
+        self.attachments
+            .find_one(doc! {"_id": id, "room_id": room_id})
+            .await
+    }
+
+    /// Records the message an attachment went out with; false when it
+    /// already went out with another.
+    pub async fn attach(&self, id: &str, message_id: &str) -> StoreResult<bool> {
+        let updated = self
+            .attachments
+            .update_one(
+                doc! {"_id": id, "message_id": ""},
+                doc! {"$set": {"message_id": message_id}},
             )
             .await?;
         Ok(updated.modified_count > 0)
