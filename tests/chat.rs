@@ -1075,3 +1075,70 @@ async fn attachments_upload_to_storage_and_only_members_download_them() {
     }
     mesh.stop().await;
 }
+
+/// Reads until the socket ends; returns the close frame's code, if any.
+async fn closed_with(socket: &mut Socket) -> Option<u16> {
+    tokio::time::timeout(WAIT, async {
+        while let Some(frame) = socket.next().await {
+            match frame {
+                Ok(Ws::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+        None
+    })
+    .await
+    .expect("the socket ends in time")
+}
+
+#[tokio::test]
+async fn a_websocket_peer_that_stops_answering_pings_is_disconnected() {
+    let mesh = spawn_mesh_with(|c| c.edge.ws_ping_interval = Duration::from_secs(1)).await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let room = group(&mesh, &ana, "quiet", &[]).await;
+    let mut a = ws(&mesh, &format!("/api/v1/chat/rooms/{room}/ws"), &ana).await;
+    // The client library answers pings only while it reads: it goes silent.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let dead = common::metric(
+        &mesh.http,
+        &mesh.admin,
+        "agora_edge_websocket_dead_peers_total",
+    )
+    .await;
+    assert_eq!(dead, 1.0);
+    closed_with(&mut a).await;
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_stopping_edge_tells_websocket_clients_to_reconnect() {
+    let mesh = spawn_mesh().await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let room = group(&mesh, &ana, "restart", &[]).await;
+    let edge = mesh
+        .spawn("edge", |c| {
+            c.edge.addr = "127.0.0.1:0".parse().expect("addr");
+            c.admin.addr = "127.0.0.1:0".parse().expect("addr");
+        })
+        .await;
+    let mut req = edge
+        .url(&format!("/api/v1/chat/rooms/{room}/ws"))
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {ana}").parse().expect("h"));
+    let (mut a, _) = connect_async(req).await.expect("upgrade");
+    next_json(&mut a).await;
+    let stopping = tokio::spawn(edge.terminate());
+    let last = until(&mut a, |v| v.get("error").is_some()).await;
+    assert_eq!(last["error"]["code"], 14, "UNAVAILABLE: {last}");
+    assert_eq!(
+        closed_with(&mut a).await,
+        Some(1012),
+        "service restart: reconnect"
+    );
+    stopping.await.expect("the edge stops");
+    mesh.stop().await;
+}
