@@ -1142,3 +1142,59 @@ async fn a_stopping_edge_tells_websocket_clients_to_reconnect() {
     stopping.await.expect("the edge stops");
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn grpcurl_lists_chat_and_streams_connect_through_reflection() {
+    let mesh = spawn_mesh().await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let room = group(&mesh, &ana, "grpcurl", &[]).await;
+    let addr = mesh.chat_addr.to_string();
+    let run = |args: Vec<String>, input: Option<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new("grpcurl");
+            cmd.args(&args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = cmd
+                .spawn()
+                .expect("grpcurl on PATH (./scripts/test.sh installs it)");
+            if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+                use std::io::Write as _;
+                stdin.write_all(text.as_bytes()).expect("stdin");
+            }
+            child.wait_with_output().expect("grpcurl runs")
+        })
+        .await
+        .expect("joined")
+    };
+    let listed = run(vec!["-plaintext".into(), addr.clone(), "list".into()], None).await;
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("agora.chat.v1.ChatService"), "{listed}");
+
+    let input =
+        format!(r#"{{"roomId":"{room}"}} {{"send":{{"clientId":"cli-1","body":"from grpcurl"}}}}"#);
+    let out = run(
+        vec![
+            "-plaintext".into(),
+            "-H".into(),
+            format!("authorization: Bearer {ana}"),
+            "-d".into(),
+            "@".into(),
+            addr,
+            "agora.chat.v1.ChatService/Connect".into(),
+        ],
+        Some(input),
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"ready\""), "{stdout}");
+    assert!(stdout.contains("\"clientId\": \"cli-1\""), "{stdout}");
+    assert!(stdout.contains("from grpcurl"), "{stdout}");
+    mesh.stop().await;
+}
