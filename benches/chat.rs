@@ -139,6 +139,8 @@ async fn main() -> anyhow::Result<()> {
             .env("AGORA_EDGE_RATE_LIMIT_USER_PER_MINUTE", "0")
             .env("AGORA_EDGE_RATE_LIMIT_AUTH_PER_MINUTE", "0")
             .env("AGORA_SHUTDOWN_DRAIN_MS", "0")
+            // Senders may post faster than a person would.
+            .env("AGORA_EDGE_WS_FRAMES_PER_SECOND", "0")
             .env("AGORA_LOG_FORMAT", "json")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

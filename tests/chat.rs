@@ -617,6 +617,7 @@ async fn a_message_posted_on_one_replica_reaches_streams_on_another() {
 async fn a_client_that_stops_reading_is_cut_off_and_others_are_not() {
     let mesh = spawn_mesh_with(|c| {
         c.chat.stream_buffer = 32;
+        c.edge.ws_frames_per_second = 0;
         c.edge.stream_send_timeout = Duration::from_millis(500);
     })
     .await;
@@ -1196,5 +1197,42 @@ async fn grpcurl_lists_chat_and_streams_connect_through_reflection() {
     assert!(stdout.contains("\"ready\""), "{stdout}");
     assert!(stdout.contains("\"clientId\": \"cli-1\""), "{stdout}");
     assert!(stdout.contains("from grpcurl"), "{stdout}");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_websocket_client_sending_too_fast_is_told_and_its_excess_dropped() {
+    let mesh = spawn_mesh_with(|c| c.edge.ws_frames_per_second = 2).await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let room = group(&mesh, &ana, "flood", &[]).await;
+    let mut a = ws(&mesh, &format!("/api/v1/chat/rooms/{room}/ws"), &ana).await;
+    next_json(&mut a).await;
+    for i in 0..10 {
+        send(
+            &mut a,
+            json!({"send": {"clientId": format!("c{i}"), "body": "flood"}}),
+        )
+        .await;
+    }
+    let (mut acks, mut limited) = (0, 0);
+    while acks + limited < 10 {
+        let v = next_json(&mut a).await;
+        if v.get("ack").is_some() {
+            acks += 1;
+        } else if v["error"]["code"] == 8 {
+            limited += 1;
+        }
+    }
+    // A burst of twice the rate goes through; the rest is refused.
+    assert!((4..=5).contains(&acks), "acks {acks}");
+    assert_eq!(acks + limited, 10);
+    let history = mesh
+        .get(&format!("/api/v1/chat/rooms/{room}/messages"), Some(&ana))
+        .await;
+    assert_eq!(
+        history.body["messages"].as_array().expect("list").len(),
+        acks
+    );
+    drop(a);
     mesh.stop().await;
 }

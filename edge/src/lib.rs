@@ -100,6 +100,10 @@ pub struct EdgeConfig {
     /// (`AGORA_EDGE_STREAM_SEND_TIMEOUT_MS`, default 10000).
     #[serde(with = "agora_kit::config::millis")]
     pub stream_send_timeout: Duration,
+    /// Messages per second a WebSocket client may send (bursts of twice
+    /// as many); more are answered with an error frame and dropped
+    /// (`AGORA_EDGE_WS_FRAMES_PER_SECOND`, default 20; 0: no limit).
+    pub ws_frames_per_second: u32,
     /// Redis for rate limits and idempotency records, shared by every edge
     /// replica (`REDIS_URL`, default `redis://127.0.0.1:6379`; empty: limits
     /// per process, no idempotency records).
@@ -126,6 +130,7 @@ impl Default for EdgeConfig {
             max_streams: 20_000,
             ws_ping_interval: Duration::from_secs(30),
             stream_send_timeout: Duration::from_secs(10),
+            ws_frames_per_second: 20,
             redis_url: "redis://127.0.0.1:6379".into(),
             key_prefix: "agora:edge:".into(),
             rate_limits: RateLimitConfig::default(),
@@ -162,6 +167,10 @@ impl EdgeConfig {
         env.millis_into(
             "AGORA_EDGE_STREAM_SEND_TIMEOUT_MS",
             &mut self.stream_send_timeout,
+        )?;
+        env.parse_into(
+            "AGORA_EDGE_WS_FRAMES_PER_SECOND",
+            &mut self.ws_frames_per_second,
         )?;
         env.string_into("REDIS_URL", &mut self.redis_url);
         env.string_into("AGORA_EDGE_KEY_PREFIX", &mut self.key_prefix);
@@ -315,6 +324,7 @@ impl EdgeComponent {
                 ping_interval: self.config.ws_ping_interval,
                 send_timeout: self.config.stream_send_timeout,
                 max_frame_bytes: self.config.body_limit_bytes,
+                frames_per_second: self.config.ws_frames_per_second,
             },
             rate_limits: Arc::new(self.config.rate_limits.clone()),
             limiter: Arc::new(RateLimiter::new(redis.clone(), &self.config.key_prefix)),

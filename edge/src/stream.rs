@@ -62,6 +62,45 @@ pub struct StreamSettings {
     pub send_timeout: Duration,
     /// Largest frame a client may send, in bytes.
     pub max_frame_bytes: usize,
+    /// Frames per second a WebSocket client may send, with bursts of
+    /// twice as many (0: no limit). The rate limit of the upgrade covers
+    /// only the upgrade.
+    pub frames_per_second: u32,
+}
+
+/// A token bucket over a client's frames.
+struct FrameBudget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl FrameBudget {
+    fn new(per_second: u32) -> Option<Self> {
+        (per_second > 0).then(|| {
+            let rate = f64::from(per_second);
+            Self {
+                rate,
+                burst: rate * 2.0,
+                tokens: rate * 2.0,
+                at: tokio::time::Instant::now(),
+            }
+        })
+    }
+
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// What to open.
@@ -342,6 +381,7 @@ impl Bridge {
         ping.tick().await;
         let mut last_heard = tokio::time::Instant::now();
         let input = route.input();
+        let mut budget = FrameBudget::new(settings.frames_per_second);
         tokio::pin!(stopping);
         // How the socket ends: a status, or nothing when the client left.
         let end: Option<Status> = loop {
@@ -387,6 +427,22 @@ impl Bridge {
                         }
                         continue;
                     };
+                    if let Some(budget) = &mut budget
+                        && !budget.take()
+                    {
+                        metrics::counter!("agora_edge_websocket_frames_limited_total").increment(1);
+                        let e = ApiError::new(
+                            Code::ResourceExhausted,
+                            format!(
+                                "too many messages: at most {} per second; this one was dropped",
+                                settings.frames_per_second
+                            ),
+                        );
+                        if !send_text(&mut tx, e.stream_error_json(), settings.send_timeout).await {
+                            break None;
+                        }
+                        continue;
+                    }
                     match message_from_json(&input, text.as_bytes()) {
                         Ok(msg) => {
                             // Waits while the queue is full: a client cannot
