@@ -351,6 +351,26 @@ async fn history_pages_newest_first_and_edits_and_deletes_show() {
     assert_eq!(page.body["messages"][1]["deleted"], true);
     assert_eq!(page.body["messages"][1]["body"], "");
 
+    // Members must be users.
+    let stranger = uuid::Uuid::new_v4().to_string();
+    let r = mesh
+        .post(
+            "/api/v1/chat/rooms",
+            Some(&ana),
+            json!({"name": "ghosts", "memberIds": [stranger]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert!(r.message().contains("is not a user"), "{:?}", r.body);
+    let r = mesh
+        .post(
+            &format!("/api/v1/chat/rooms/{room}/members"),
+            Some(&ana),
+            json!({"userIds": [stranger]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+
     // Outsiders do not learn the room exists.
     let (_, eve) = user(&mesh, "eve").await;
     let r = mesh.get(&messages, Some(&eve)).await;
@@ -511,6 +531,7 @@ async fn a_mention_reaches_the_mentioned_users_notification_stream() {
     let room = group(&mesh, &ana, "mentions", &[&bo_id]).await;
     let invited = next_json(&mut notes).await;
     assert_eq!(invited["kind"], "NOTIFICATION_KIND_ROOM_INVITATION");
+    assert_eq!(invited["text"], "Test User added you to mentions");
     assert_eq!(invited["roomId"], room);
     let r = mesh
         .post(

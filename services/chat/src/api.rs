@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     hub::{Ended, Subscription},
-    rooms::{self, Chat},
+    rooms::{self, Chat, Relay},
 };
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -238,12 +238,13 @@ impl chat_service_server::ChatService for ChatService {
         req: Request<pb::CreateRoomRequest>,
     ) -> Result<Response<pb::CreateRoomResponse>, Status> {
         let caller = caller(&req)?;
+        let relay = Relay::from_metadata(req.metadata());
         let req = req.into_inner();
         let kind = RoomKind::try_from(req.kind)
             .map_err(|_| Error::invalid("kind", "is not a room kind"))?;
         let room = self
             .chat
-            .create_room(&caller, kind, &req.name, &req.member_ids)
+            .create_room(&relay, &caller, kind, &req.name, &req.member_ids)
             .await?;
         Ok(Response::new(pb::CreateRoomResponse { room: Some(room) }))
     }
@@ -308,12 +309,13 @@ impl chat_service_server::ChatService for ChatService {
         req: Request<pb::AddMembersRequest>,
     ) -> Result<Response<pb::AddMembersResponse>, Status> {
         let caller = caller(&req)?;
+        let relay = Relay::from_metadata(req.metadata());
         let req = req.into_inner();
         let role = pb::MemberRole::try_from(req.role)
             .map_err(|_| Error::invalid("role", "is not a member role"))?;
         let room = self
             .chat
-            .add_members(&caller, &req.room_id, &req.user_ids, role)
+            .add_members(&relay, &caller, &req.room_id, &req.user_ids, role)
             .await?;
         Ok(Response::new(pb::AddMembersResponse { room: Some(room) }))
     }

@@ -310,7 +310,11 @@ impl ChatComponent {
         let users = Balanced::new("users", &config.users_url, "USER_SERVICE_URL").await?;
         let auth = AuthLayer::new(
             AccessPolicy::from_contracts()?,
-            RemoteAuthenticator::new(Some(users), &config.jwt_issuer, &config.jwt_audience),
+            RemoteAuthenticator::new(
+                Some(users.clone()),
+                &config.jwt_issuer,
+                &config.jwt_audience,
+            ),
         );
         let listener = TcpListener::bind(config.addr)
             .await
@@ -318,6 +322,7 @@ impl ChatComponent {
         Ok(Self {
             listener,
             chat: Chat {
+                users: agora_proto::users::v1::users_service_client::UsersServiceClient::new(users),
                 store,
                 keys: Arc::new(keys),
                 hub,

@@ -5,11 +5,14 @@
 
 use std::sync::Arc;
 
-use agora_kit::{error::Error, proto::parse_id};
+use std::collections::HashMap;
+
+use agora_kit::{balance::Balanced, error::Error, proto::parse_id};
 use agora_proto::chat::v1::{
     Ack, Attachment, Member, MemberRole, Message, Notification, NotificationKind, ReadReceipt,
     Room, RoomEvent, RoomKind, Typing, room_event,
 };
+use agora_proto::users::v1::{LookupUsersRequest, users_service_client::UsersServiceClient};
 use tonic::Code;
 use uuid::Uuid;
 
@@ -113,14 +116,39 @@ pub struct Posted {
     pub duplicate: bool,
 }
 
+/// The caller's credentials, relayed to the users service when chat asks
+/// it about other users on the caller's behalf.
+#[derive(Clone, Default)]
+pub struct Relay(tonic::metadata::MetadataMap);
+
+impl Relay {
+    pub fn from_metadata(md: &tonic::metadata::MetadataMap) -> Self {
+        let mut out = tonic::metadata::MetadataMap::new();
+        for name in ["authorization", agora_kit::auth::API_KEY_HEADER] {
+            if let Some(v) = md.get(name) {
+                out.insert(name, v.clone());
+            }
+        }
+        Self(out)
+    }
+}
+
 #[derive(Clone)]
 pub struct Chat {
+    /// The users service: members must be users.
+    pub users: UsersServiceClient<Balanced>,
     pub store: Store,
     pub keys: Arc<Keyring>,
     pub hub: Arc<Hub>,
     /// Object storage for attachments; `None` when not configured.
     pub files: Option<Files>,
     pub rules: AttachmentRules,
+}
+
+/// A user's display name, or "someone" when the users service did not
+/// know it.
+fn display<'a>(names: &'a HashMap<String, String>, id: &str) -> &'a str {
+    names.get(id).map_or("someone", String::as_str)
 }
 
 /// Where an attachment is stored in the bucket.
@@ -186,6 +214,66 @@ impl Chat {
         Ok(to_message(doc, body))
     }
 
+    /// Display names of the active users among `ids`, from the users
+    /// service, asked with the caller's credentials.
+    async fn profiles(
+        &self,
+        relay: &Relay,
+        ids: &[String],
+    ) -> Result<HashMap<String, String>, Error> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(100) {
+            let mut req = tonic::Request::new(LookupUsersRequest {
+                ids: chunk.to_vec(),
+            });
+            *req.metadata_mut() = relay.0.clone();
+            req.set_timeout(
+                agora_kit::deadline::remaining().unwrap_or(std::time::Duration::from_secs(5)),
+            );
+            match self.users.clone().lookup_users(req).await {
+                Ok(resp) => found.extend(
+                    resp.into_inner()
+                        .users
+                        .into_iter()
+                        .map(|u| (u.id, u.display_name)),
+                ),
+                Err(s) if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) => {
+                    return Err(Error::Refused {
+                        code: Code::Unavailable,
+                        reason: "USERS_UNAVAILABLE",
+                        message: "cannot check the members now; try again shortly".into(),
+                    });
+                }
+                Err(s) => {
+                    return Err(Error::Internal(anyhow::anyhow!(
+                        "users lookup failed: {:?} {}",
+                        s.code(),
+                        s.message()
+                    )));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The names of `caller` and `others`; every one of `others` must be an
+    /// active user.
+    async fn known_users(
+        &self,
+        relay: &Relay,
+        field: &'static str,
+        caller: &str,
+        others: &[String],
+    ) -> Result<HashMap<String, String>, Error> {
+        let mut ids = others.to_vec();
+        ids.push(caller.to_owned());
+        let names = self.profiles(relay, &ids).await?;
+        if let Some(unknown) = others.iter().find(|id| !names.contains_key(*id)) {
+            return Err(Error::invalid(field, format!("{unknown} is not a user")));
+        }
+        Ok(names)
+    }
+
     /// A room as `viewer` sees it: members, last message, unread count.
     pub async fn room_view(&self, room: &RoomDoc, viewer: &str) -> Result<Room, Error> {
         let members = self.store.members_of(&room.id).await.map_err(db)?;
@@ -226,6 +314,7 @@ impl Chat {
 
     pub async fn create_room(
         &self,
+        relay: &Relay,
         caller: &str,
         kind: RoomKind,
         name: &str,
@@ -250,6 +339,9 @@ impl Chat {
                 if !name.is_empty() {
                     return Err(Error::invalid("name", "direct rooms have no name"));
                 }
+                let names = self
+                    .known_users(relay, "member_ids", caller, std::slice::from_ref(other))
+                    .await?;
                 let id = store::direct_room_id(caller, other);
                 let doc = RoomDoc {
                     id: id.clone(),
@@ -283,7 +375,10 @@ impl Chat {
                         caller,
                         &id,
                         "",
-                        "started a direct conversation with you".into(),
+                        format!(
+                            "{} started a direct conversation with you",
+                            display(&names, caller)
+                        ),
                     )
                     .await?;
                 }
@@ -303,6 +398,9 @@ impl Chat {
                         format!("a room has at most {MAX_MEMBERS} members"),
                     ));
                 }
+                let names = self
+                    .known_users(relay, "member_ids", caller, &others)
+                    .await?;
                 let id = Uuid::now_v7().to_string();
                 let doc = RoomDoc {
                     id: id.clone(),
@@ -328,7 +426,7 @@ impl Chat {
                         caller,
                         &id,
                         "",
-                        format!("added you to {name}"),
+                        format!("{} added you to {name}", display(&names, caller)),
                     )
                     .await?;
                 }
@@ -361,6 +459,7 @@ impl Chat {
 
     pub async fn add_members(
         &self,
+        relay: &Relay,
         caller: &str,
         room_id: &str,
         user_ids: &[String],
@@ -377,6 +476,7 @@ impl Chat {
             .iter()
             .map(|id| parse_id("user_ids", id).map(|u| u.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
+        let names = self.known_users(relay, "user_ids", caller, &ids).await?;
         let current = self.store.members_of(room_id).await.map_err(db)?.len();
         if current + ids.len() > MAX_MEMBERS {
             return Err(Error::invalid(
@@ -403,7 +503,7 @@ impl Chat {
                     caller,
                     room_id,
                     "",
-                    format!("added you to {}", room.name),
+                    format!("{} added you to {}", display(&names, caller), room.name),
                 )
                 .await?;
             }

@@ -357,6 +357,31 @@ impl UsersApi for UsersService {
         }))
     }
 
+    async fn lookup_users(
+        &self,
+        req: Request<pb::LookupUsersRequest>,
+    ) -> Answer<pb::LookupUsersResponse> {
+        let req = req.into_inner();
+        if req.ids.is_empty() || req.ids.len() > 100 {
+            return Err(UsersError::invalid("ids", "name 1 to 100 users").into());
+        }
+        let ids = req
+            .ids
+            .iter()
+            .map(|id| parse_id("ids", id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let users = self.store.profiles(&ids).await?;
+        Ok(Response::new(pb::LookupUsersResponse {
+            users: users
+                .into_iter()
+                .map(|(id, display_name)| pb::UserProfile {
+                    id: id.to_string(),
+                    display_name,
+                })
+                .collect(),
+        }))
+    }
+
     async fn get_user(&self, req: Request<pb::GetUserRequest>) -> Answer<pb::GetUserResponse> {
         let id = parse_id("id", &req.get_ref().id)?;
         let user = self

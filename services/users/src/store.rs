@@ -126,6 +126,16 @@ impl Store {
         .await?)
     }
 
+    /// Ids and display names of the active users among `ids`.
+    pub async fn profiles(&self, ids: &[Uuid]) -> Result<Vec<(Uuid, String)>, UsersError> {
+        Ok(
+            sqlx::query_as("SELECT id, display_name FROM users WHERE id = ANY($1) AND active")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     pub async fn update_display_name(
         &self,
         id: Uuid,
