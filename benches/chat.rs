@@ -102,12 +102,14 @@ async fn main() -> anyhow::Result<()> {
     let users = env_or("BENCH_USERS", 50).max(1);
     let rate = env_or("BENCH_RATE", 1_000);
     let seconds = env_or("BENCH_SECONDS", 10);
+    // Each side (this process, and the server, which inherits the limit)
+    // holds one descriptor per connection.
     let (soft, hard) = rlimit::Resource::NOFILE.get()?;
-    let want = (connections * 3 + 1_024).min(hard);
+    let want = (connections + 4_096).min(hard);
     if soft < want {
         rlimit::Resource::NOFILE.set(want, hard)?;
     }
-    if want < connections * 2 + 256 {
+    if want < connections + 512 {
         bail!(
             "the file limit ({hard}) is too low for {connections} connections; raise it (ulimit -Hn)"
         );

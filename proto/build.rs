@@ -33,6 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Without the `connect` constructors: chat's `Connect` RPC would
         // clash with them; clients are built over a channel with `new`.
         .build_transport(false)
+        // Small starting buffers: open streams keep theirs while idle.
+        .codec_path("crate::codec::Codec")
         .compile_fds(compiler.file_descriptor_set())?;
 
     for dir in ["agora", "google"] {

@@ -4,7 +4,7 @@
 use bytes::{Buf, BufMut, Bytes};
 use tonic::{
     Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -33,6 +33,12 @@ impl Encoder for RawCodec {
         dst.put(item);
         Ok(())
     }
+
+    // Small starting buffers, as for every Agora call: a bridged stream
+    // keeps its buffers while idle.
+    fn buffer_settings(&self) -> BufferSettings {
+        agora_proto::codec::buffer_settings()
+    }
 }
 
 impl Decoder for RawCodec {
@@ -41,5 +47,9 @@ impl Decoder for RawCodec {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        agora_proto::codec::buffer_settings()
     }
 }

@@ -19,12 +19,17 @@
 //! takes nothing for the send timeout is disconnected (the service's own
 //! bounded queue ends a stream that falls behind).
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{Arc, LazyLock, Mutex},
+    time::Duration,
+};
 
 use agora_kit::breaker::Admission;
 use axum::{
     body::Body,
-    extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade},
+    extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade},
     http::{HeaderValue, header},
     response::{
         IntoResponse, Response,
@@ -202,9 +207,52 @@ fn render(route: &Route, reply: Bytes) -> Result<Vec<u8>, ApiError> {
     })
 }
 
+/// Replies already rendered, by method, response field and bytes. A room's
+/// event reaches every member's stream as the same bytes; it is rendered
+/// to JSON once and the text shared. Two generations bound the memory:
+/// when the newer fills, it becomes the older and the older is dropped.
+#[derive(Default)]
+struct Rendered {
+    current: HashMap<RenderKey, Utf8Bytes>,
+    previous: HashMap<RenderKey, Utf8Bytes>,
+}
+
+type RenderKey = (Arc<str>, u32, Bytes);
+
+/// Replies remembered per generation.
+const RENDERED_PER_GENERATION: usize = 512;
+
+static RENDERED: LazyLock<Mutex<Rendered>> = LazyLock::new(Mutex::default);
+
+/// [`render`], shared between streams that carry the same reply.
+fn render_shared(route: &Route, reply: Bytes) -> Result<Utf8Bytes, ApiError> {
+    let key: RenderKey = (
+        route.grpc_path.clone(),
+        route.response_body.as_ref().map_or(0, |f| f.number()),
+        reply,
+    );
+    {
+        let cache = RENDERED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(text) = cache.current.get(&key).or_else(|| cache.previous.get(&key)) {
+            return Ok(text.clone());
+        }
+    }
+    let json = render(route, key.2.clone())?;
+    let text = Utf8Bytes::try_from(Bytes::from(json)).map_err(|_| {
+        tracing::error!(method = %route.method.full_name(), "a rendered reply is not UTF-8");
+        ApiError::new(Code::Internal, "internal error")
+    })?;
+    let mut cache = RENDERED.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.current.len() >= RENDERED_PER_GENERATION {
+        cache.previous = std::mem::take(&mut cache.current);
+    }
+    cache.current.insert(key, text.clone());
+    Ok(text)
+}
+
 /// What the stream yields to an HTTP client: a message, or its end.
 enum Item {
-    Message(Vec<u8>),
+    Message(Utf8Bytes),
     Failed(ApiError),
 }
 
@@ -229,8 +277,8 @@ fn items(
                 return std::future::ready(None);
             }
             let item = match next {
-                Some(Ok(reply)) => match render(&route, reply) {
-                    Ok(json) => Some(Item::Message(json)),
+                Some(Ok(reply)) => match render_shared(&route, reply) {
+                    Ok(text) => Some(Item::Message(text)),
                     Err(e) => {
                         *done = true;
                         Some(Item::Failed(e))
@@ -271,7 +319,7 @@ pub fn respond(
         let events = items.map(move |item| {
             let _held = &slot;
             Ok::<_, Infallible>(match item {
-                Item::Message(json) => Event::default().data(String::from_utf8_lossy(&json)),
+                Item::Message(text) => Event::default().data(text.as_str()),
                 Item::Failed(e) => Event::default()
                     .event("error")
                     .data(String::from_utf8_lossy(&e.status_json())),
@@ -288,7 +336,7 @@ pub fn respond(
     let lines = items.map(move |item| {
         let _held = &slot;
         let mut line = match item {
-            Item::Message(json) => json,
+            Item::Message(text) => Vec::from(text.as_bytes()),
             Item::Failed(e) => e.stream_error_json(),
         };
         line.push(b'\n');
@@ -388,14 +436,14 @@ impl Bridge {
             tokio::select! {
                 reply = replies.next() => {
                     let frame = match reply {
-                        Some(Ok(reply)) => match render(&route, reply) {
-                            Ok(json) => json,
+                        Some(Ok(reply)) => match render_shared(&route, reply) {
+                            Ok(text) => text,
                             Err(e) => break Some(Status::new(e.code, e.message)),
                         },
                         Some(Err(status)) => break Some(status),
                         None => break Some(Status::ok("")),
                     };
-                    if !send_text(&mut tx, frame, settings.send_timeout).await {
+                    if !send_frame(&mut tx, frame, settings.send_timeout).await {
                         break None;
                     }
                 }
@@ -495,8 +543,7 @@ impl Bridge {
     }
 }
 
-/// Sends one text frame; false when the client is gone or has taken
-/// nothing for `timeout` (it is then disconnected).
+/// Sends JSON the edge wrote (an error) as a text frame.
 async fn send_text(
     tx: &mut futures::stream::SplitSink<WebSocket, WsMessage>,
     json: Vec<u8>,
@@ -506,7 +553,17 @@ async fn send_text(
         Ok(text) => text,
         Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
     };
-    match tokio::time::timeout(timeout, tx.send(WsMessage::Text(text.into()))).await {
+    send_frame(tx, text.into(), timeout).await
+}
+
+/// Sends one text frame; false when the client is gone or has taken
+/// nothing for `timeout` (it is then disconnected).
+async fn send_frame(
+    tx: &mut futures::stream::SplitSink<WebSocket, WsMessage>,
+    text: Utf8Bytes,
+    timeout: Duration,
+) -> bool {
+    match tokio::time::timeout(timeout, tx.send(WsMessage::Text(text))).await {
         Ok(Ok(())) => true,
         Ok(Err(_)) => false,
         Err(_) => {

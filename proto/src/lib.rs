@@ -2,6 +2,8 @@
 //! descriptor set (with source info and custom options) used for server
 //! reflection and by the edge's transcoder.
 
+pub mod codec;
+
 /// The encoded `FileDescriptorSet` of every contract and its imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/agora_descriptor.bin"));

@@ -503,10 +503,12 @@ impl chat_service_server::ChatService for ChatService {
         let chat = self.chat.clone();
         let tx = sub.tx.clone();
         let reader = tokio::spawn(async move {
-            handle(&chat, &caller, &room_id, first, &tx).await;
+            // Boxed: the reader waits idle most of the time, and should not
+            // hold the space of a whole request meanwhile.
+            Box::pin(handle(&chat, &caller, &room_id, first, &tx)).await;
             let end = loop {
                 match inbound.message().await {
-                    Ok(Some(req)) => handle(&chat, &caller, &room_id, req, &tx).await,
+                    Ok(Some(req)) => Box::pin(handle(&chat, &caller, &room_id, req, &tx)).await,
                     // The client has sent all it will: finish once its
                     // acknowledgements are out.
                     Ok(None) => break None,
