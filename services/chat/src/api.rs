@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     hub::{Ended, Subscription},
-    rooms::{self, Chat, Relay},
+    rooms::{self, Chat, Membership, Relay},
 };
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -189,6 +189,7 @@ async fn handle(
         Some(connect_request::Action::Send(m)) => {
             match chat
                 .post(
+                    Membership::CheckedByStream,
                     caller,
                     room_id,
                     &m.client_id,
@@ -351,6 +352,7 @@ impl chat_service_server::ChatService for ChatService {
         let posted = self
             .chat
             .post(
+                Membership::Check,
                 &caller,
                 &req.room_id,
                 &req.client_id,

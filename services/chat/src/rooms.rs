@@ -133,8 +133,40 @@ impl Relay {
     }
 }
 
+/// Whether a post must check the sender's membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    Check,
+    /// Checked when the sender's stream opened; a removal ends the stream.
+    CheckedByStream,
+}
+
+/// When each room's activity was last recorded, so a busy room costs one
+/// write a second, not one per message.
+#[derive(Default)]
+pub struct Activity(std::sync::Mutex<HashMap<String, store::Millis>>);
+
+impl Activity {
+    /// Rooms remembered before old entries are dropped.
+    const ROOMS: usize = 10_000;
+
+    fn due(&self, room_id: &str, now: store::Millis) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.get(room_id).is_some_and(|at| now - at < 1_000) {
+            return false;
+        }
+        if seen.len() >= Self::ROOMS {
+            seen.retain(|_, at| now - *at < 1_000);
+        }
+        seen.insert(room_id.to_owned(), now);
+        true
+    }
+}
+
 #[derive(Clone)]
 pub struct Chat {
+    /// Recent room activity writes.
+    pub activity: Arc<Activity>,
     /// The users service: members must be users.
     pub users: UsersServiceClient<Balanced>,
     pub store: Store,
@@ -740,8 +772,15 @@ impl Chat {
 
     /// Stores a message, then fans it out and notifies its mentions. A
     /// resend (same sender and client id) returns the stored message.
+    ///
+    /// A message costs one write in the common case: a stream's membership
+    /// was checked when it opened (removal ends the stream), a resend is
+    /// caught by the unique index, and room activity is recorded at most
+    /// once a second per room.
+    #[allow(clippy::too_many_arguments)]
     pub async fn post(
         &self,
+        membership: Membership,
         caller: &str,
         room_id: &str,
         client_id: &str,
@@ -749,7 +788,9 @@ impl Chat {
         mention_ids: &[String],
         attachment_ids: &[String],
     ) -> Result<Posted, Error> {
-        self.membership(room_id, caller).await?;
+        if membership == Membership::Check {
+            self.membership(room_id, caller).await?;
+        }
         if client_id.is_empty() {
             return Err(Error::invalid("client_id", "is required"));
         }
@@ -767,11 +808,14 @@ impl Chat {
                 format!("must be at most {MAX_BODY_CHARS} characters"),
             ));
         }
-        if let Some(first) = self
-            .store
-            .message_by_client_id(room_id, caller, client_id)
-            .await
-            .map_err(db)?
+        // A resend naming attachments must find the first message before
+        // the attachments are checked (they went out with it).
+        if !attachment_ids.is_empty()
+            && let Some(first) = self
+                .store
+                .message_by_client_id(room_id, caller, client_id)
+                .await
+                .map_err(db)?
         {
             return Ok(Posted {
                 message: self.message(&first)?,
@@ -818,7 +862,7 @@ impl Chat {
         };
         match self.store.messages.insert_one(&doc).await {
             Ok(_) => {}
-            // The same resend, twice at once: the first one won.
+            // A resend: the first message stands.
             Err(e) if store::is_duplicate(&e) => {
                 let first = self
                     .store
@@ -839,8 +883,11 @@ impl Chat {
                 tracing::warn!(attachment = %a.id, "an attachment went out with two messages at once");
             }
         }
-        // The room list order; a failure here costs only ordering.
-        if let Err(e) = self.store.touch_room(room_id, now).await {
+        // The room list order, at most once a second per room; a failure
+        // costs only ordering.
+        if self.activity.due(room_id, now)
+            && let Err(e) = self.store.touch_room(room_id, now).await
+        {
             tracing::warn!(error = %e, "cannot record room activity");
         }
         let message = to_message(&doc, body.to_owned());
