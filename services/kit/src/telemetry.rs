@@ -56,6 +56,7 @@ pub fn init(mode: Mode<'_>) -> Telemetry {
         Mode::Serve(components) => components,
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_level = filter.max_level_hint();
     let json = std::env::var("AGORA_LOG_FORMAT")
         .map(|f| f != "text")
         .unwrap_or(true);
@@ -118,6 +119,26 @@ pub fn init(mode: Mode<'_>) -> Telemetry {
         .with(sql)
         .with(acquires)
         .init();
+    // Records of the `log` crate (tungstenite logs every frame at trace)
+    // reach the subscriber only up to the log filter's level. The pool's
+    // trace-level events are tracing events, not log records, so they are
+    // unaffected; without this cap each record would cost a dispatcher
+    // lookup on the hot path.
+    log::set_max_level(match log_level {
+        Some(level) if level >= tracing::level_filters::LevelFilter::TRACE => {
+            log::LevelFilter::Trace
+        }
+        Some(level) if level >= tracing::level_filters::LevelFilter::DEBUG => {
+            log::LevelFilter::Debug
+        }
+        Some(level) if level >= tracing::level_filters::LevelFilter::INFO => log::LevelFilter::Info,
+        Some(level) if level >= tracing::level_filters::LevelFilter::WARN => log::LevelFilter::Warn,
+        Some(level) if level >= tracing::level_filters::LevelFilter::ERROR => {
+            log::LevelFilter::Error
+        }
+        Some(_) => log::LevelFilter::Off,
+        None => log::LevelFilter::Trace,
+    });
     if let Some(e) = trace_error {
         tracing::warn!(error = format!("{e:#}"), "trace export is off");
     }
