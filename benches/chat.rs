@@ -217,7 +217,8 @@ async fn main() -> anyhow::Result<()> {
     // The connections; each counts what it receives and how late.
     let started = Instant::now();
     let delivered = Arc::new(AtomicU64::new(0));
-    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u64>>();
+    // (sent at, latency), in microseconds since the start.
+    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<(u64, u64)>>();
     let measuring = Arc::new(tokio::sync::Notify::new());
     let mut held = 0u64;
     let mut readers = Vec::new();
@@ -244,31 +245,21 @@ async fn main() -> anyhow::Result<()> {
                 .map(|(s, _)| s)
         }));
     }
-    let mut sockets = Vec::new();
+    // Each connection is read from the moment it opens: every arrival
+    // counts in `frames`; messages also record how late they came.
+    let frames = Arc::new(AtomicU64::new(0));
     for (c, o) in opening.into_iter().enumerate() {
-        if let Ok(Some(socket)) = o.await {
-            held += 1;
-            sockets.push((c as u64, socket));
-        }
-    }
-    let connect_secs = connect_started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_after = rss_kib(pid)?;
-    println!("connections held: {held} of {connections} (opened in {connect_secs:.1} s)");
-    println!(
-        "server memory: {idle_before} KiB before, {idle_after} KiB with them open: {:.1} KiB per idle connection",
-        (idle_after.saturating_sub(idle_before)) as f64 / held.max(1) as f64
-    );
-
-    for (c, socket) in sockets {
+        let Ok(Some(socket)) = o.await else { continue };
+        held += 1;
         let (sink, mut stream) = socket.split();
-        if c < rooms {
+        if (c as u64) < rooms {
             // The first connection of each room also sends.
             senders.push(sink);
         } else {
             drop(sink);
         }
         let delivered = delivered.clone();
+        let frames = frames.clone();
         let lat_tx = lat_tx.clone();
         let measuring = measuring.clone();
         readers.push(tokio::spawn(async move {
@@ -282,12 +273,13 @@ async fn main() -> anyhow::Result<()> {
                         let Some(Ok(Ws::Text(t))) = frame else {
                             if frame.is_none() { break } else { continue }
                         };
+                        frames.fetch_add(1, Ordering::Relaxed);
                         // Only messages carry a send time: "body":"t<micros>".
                         if let Some(i) = t.find("\"body\":\"t") {
                             let digits: String = t[i + 9..].chars().take_while(char::is_ascii_digit).collect();
                             if let Ok(sent) = digits.parse::<u64>() {
                                 let now = started.elapsed().as_micros() as u64;
-                                lat.push(now.saturating_sub(sent));
+                                lat.push((sent, now.saturating_sub(sent)));
                                 delivered.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -297,6 +289,30 @@ async fn main() -> anyhow::Result<()> {
             let _ = lat_tx.send(lat);
         }));
     }
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    // Every arrival announces itself to its room (presence): wait until
+    // that storm is over, as an idle system.
+    let mut last = u64::MAX;
+    let settle_started = Instant::now();
+    while settle_started.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = frames.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    println!("connections held: {held} of {connections} (opened in {connect_secs:.1} s)");
+    println!(
+        "their arrival announcements ({} frames) were delivered {:.1} s after the last opened",
+        frames.load(Ordering::Relaxed),
+        settle_started.elapsed().as_secs_f64()
+    );
+    let idle_after = rss_kib(pid)?;
+    println!(
+        "server memory: {idle_before} KiB before, {idle_after} KiB with them open: {:.1} KiB per idle connection",
+        (idle_after.saturating_sub(idle_before)) as f64 / held.max(1) as f64
+    );
     drop(lat_tx);
 
     // Senders: BENCH_RATE messages per second in all, round robin over rooms.
@@ -323,10 +339,18 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let received = delivered.load(Ordering::Relaxed);
     measuring.notify_waiters();
-    let mut all = Vec::new();
+    let mut samples = Vec::new();
     while let Some(lat) = lat_rx.recv().await {
-        all.extend(lat);
+        samples.extend(lat);
     }
+    // The slowest delivery of each second of sending, to tell a steady
+    // backlog from occasional stalls.
+    let mut worst: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    for (sent, lat) in &samples {
+        let w = worst.entry(sent / 1_000_000).or_default();
+        *w = (*w).max(*lat);
+    }
+    let mut all: Vec<u64> = samples.into_iter().map(|(_, lat)| lat).collect();
     for r in readers {
         let _ = r.await;
     }
@@ -347,6 +371,11 @@ async fn main() -> anyhow::Result<()> {
         percentile(&all, 0.99),
         percentile(&all, 1.0)
     );
+    let by_second: Vec<String> = worst
+        .values()
+        .map(|w| format!("{:.0}", *w as f64 / 1000.0))
+        .collect();
+    println!("slowest delivery per second of sending (ms): {}", by_second.join(" "));
     std::io::stdout().flush()?;
     drop(senders);
     drop(mesh);

@@ -487,7 +487,7 @@ impl Hub {
 
     async fn came_online(&self, room: String, user: String) {
         let was_online = self.online_elsewhere(&room, &user).await;
-        self.refresh_presence(&room, &user).await;
+        self.refresh_presence(&room, std::slice::from_ref(&user)).await;
         if !was_online {
             self.publish(presence(&room, &user, true)).await;
         }
@@ -541,15 +541,23 @@ impl Hub {
         }
     }
 
-    async fn refresh_presence(&self, room: &str, user: &str) {
+    /// Marks `users` online in `room` for another [`PRESENCE_TTL`], in one
+    /// write for them all, and drops entries that expired.
+    async fn refresh_presence(&self, room: &str, users: &[String]) {
         let Some(redis) = &self.redis else { return };
         let Some(client) = redis.client() else { return };
+        if users.is_empty() {
+            return;
+        }
         let key = format!("{}{room}", self.presence_prefix);
         let expiry = (now_ms() + PRESENCE_TTL.as_millis() as i64) as f64;
-        let member = format!("{user}|{}", self.replica);
+        let members: Vec<(f64, String)> = users
+            .iter()
+            .map(|user| (expiry, format!("{user}|{}", self.replica)))
+            .collect();
         let added: Result<i64, _> = agora_kit::redis::traced(
             "ZADD",
-            client.zadd(&key, None, None, false, false, (expiry, member)),
+            client.zadd(&key, None, None, false, false, members),
         )
         .await;
         if let Err(e) = added {
@@ -585,10 +593,13 @@ impl Hub {
                         () = shutdown.stopping() => return,
                         _ = tick.tick() => {}
                     }
-                    let pairs: Vec<(String, String)> =
-                        hub.local().present.keys().cloned().collect();
-                    for (room, user) in pairs {
-                        hub.refresh_presence(&room, &user).await;
+                    // One write per room, for every user present here.
+                    let mut by_room: HashMap<String, Vec<String>> = HashMap::new();
+                    for (room, user) in hub.local().present.keys() {
+                        by_room.entry(room.clone()).or_default().push(user.clone());
+                    }
+                    for (room, users) in by_room {
+                        hub.refresh_presence(&room, &users).await;
                     }
                 }
             })
