@@ -248,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
     // Each connection is read from the moment it opens: every arrival
     // counts in `frames`; messages also record how late they came.
     let frames = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
     for (c, o) in opening.into_iter().enumerate() {
         let Ok(Some(socket)) = o.await else { continue };
         held += 1;
@@ -260,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let delivered = delivered.clone();
         let frames = frames.clone();
+        let acked = acked.clone();
         let lat_tx = lat_tx.clone();
         let measuring = measuring.clone();
         readers.push(tokio::spawn(async move {
@@ -274,6 +276,9 @@ async fn main() -> anyhow::Result<()> {
                             if frame.is_none() { break } else { continue }
                         };
                         frames.fetch_add(1, Ordering::Relaxed);
+                        if t.contains("\"ack\":{") {
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
                         // Only messages carry a send time: "body":"t<micros>".
                         if let Some(i) = t.find("\"body\":\"t") {
                             let digits: String = t[i + 9..].chars().take_while(char::is_ascii_digit).collect();
@@ -338,6 +343,7 @@ async fn main() -> anyhow::Result<()> {
     // Let the last deliveries arrive.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let received = delivered.load(Ordering::Relaxed);
+    let stored = acked.load(Ordering::Relaxed);
     measuring.notify_waiters();
     let mut samples = Vec::new();
     while let Some(lat) = lat_rx.recv().await {
@@ -361,6 +367,10 @@ async fn main() -> anyhow::Result<()> {
         posted as f64 / send_secs
     );
     println!(
+        "stored (acknowledged to their senders) {stored} ({:.0}/s)",
+        stored as f64 / (send_secs + 3.0)
+    );
+    println!(
         "delivered {received} ({:.0}/s; {:.1}% of posted × online members)",
         received as f64 / (send_secs + 3.0),
         100.0 * received as f64 / (posted as f64 * per_room).max(1.0)
@@ -375,7 +385,10 @@ async fn main() -> anyhow::Result<()> {
         .values()
         .map(|w| format!("{:.0}", *w as f64 / 1000.0))
         .collect();
-    println!("slowest delivery per second of sending (ms): {}", by_second.join(" "));
+    println!(
+        "slowest delivery per second of sending (ms): {}",
+        by_second.join(" ")
+    );
     std::io::stdout().flush()?;
     drop(senders);
     drop(mesh);

@@ -407,12 +407,14 @@ impl Bridge {
         ws.max_message_size(max)
             .max_frame_size(max)
             // Idle connections must stay small; frames are small.
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(512)
             .write_buffer_size(0)
             .max_write_buffer_size(max.saturating_mul(2).max(64 * 1024))
             .on_upgrade(move |socket| self.run(socket, stopping))
     }
 
+    /// Every await on a write is boxed: they are brief, and an idle
+    /// bridge (most of them) should not carry their space.
     async fn run(self, socket: WebSocket, stopping: impl Future<Output = ()> + Send + 'static) {
         let Bridge {
             route,
@@ -443,7 +445,7 @@ impl Bridge {
                         Some(Err(status)) => break Some(status),
                         None => break Some(Status::ok("")),
                     };
-                    if !send_frame(&mut tx, frame, settings.send_timeout).await {
+                    if !Box::pin(send_frame(&mut tx, frame, settings.send_timeout)).await {
                         break None;
                     }
                 }
@@ -453,7 +455,7 @@ impl Bridge {
                         Some(Ok(WsMessage::Binary(_))) => {
                             last_heard = tokio::time::Instant::now();
                             let e = ApiError::bad_request("send JSON messages as text frames");
-                            if !send_text(&mut tx, e.stream_error_json(), settings.send_timeout).await {
+                            if !Box::pin(send_text(&mut tx, e.stream_error_json(), settings.send_timeout)).await {
                                 break None;
                             }
                             continue;
@@ -470,7 +472,7 @@ impl Bridge {
                         let e = ApiError::bad_request(
                             "this stream takes no messages from the client",
                         );
-                        if !send_text(&mut tx, e.stream_error_json(), settings.send_timeout).await {
+                        if !Box::pin(send_text(&mut tx, e.stream_error_json(), settings.send_timeout)).await {
                             break None;
                         }
                         continue;
@@ -486,7 +488,7 @@ impl Bridge {
                                 settings.frames_per_second
                             ),
                         );
-                        if !send_text(&mut tx, e.stream_error_json(), settings.send_timeout).await {
+                        if !Box::pin(send_text(&mut tx, e.stream_error_json(), settings.send_timeout)).await {
                             break None;
                         }
                         continue;
@@ -495,7 +497,7 @@ impl Bridge {
                         Ok(msg) => {
                             // Waits while the queue is full: a client cannot
                             // outrun the service.
-                            if requests.send(Bytes::from(msg.encode_to_vec())).await.is_err() {
+                            if Box::pin(requests.send(Bytes::from(msg.encode_to_vec()))).await.is_err() {
                                 // The call is over; its status follows on
                                 // the reply side.
                                 continue;
@@ -503,7 +505,7 @@ impl Bridge {
                         }
                         Err(e) => {
                             let e = ApiError::bad_request(e.0);
-                            if !send_text(&mut tx, e.stream_error_json(), settings.send_timeout).await {
+                            if !Box::pin(send_text(&mut tx, e.stream_error_json(), settings.send_timeout)).await {
                                 break None;
                             }
                         }
@@ -514,10 +516,10 @@ impl Bridge {
                         metrics::counter!("agora_edge_websocket_dead_peers_total").increment(1);
                         break None;
                     }
-                    let sent = tokio::time::timeout(
+                    let sent = Box::pin(tokio::time::timeout(
                         settings.send_timeout,
                         tx.send(WsMessage::Ping(Bytes::new())),
-                    )
+                    ))
                     .await;
                     if !matches!(sent, Ok(Ok(()))) {
                         break None;

@@ -14,7 +14,7 @@ use tonic::codec::BufferSettings;
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// Where a call's buffers start, in bytes.
-pub const INITIAL_BUFFER: usize = 1024;
+pub const INITIAL_BUFFER: usize = 512;
 /// Encoded bytes after which a stream yields to send them (tonic's default).
 pub const YIELD_THRESHOLD: usize = 32 * 1024;
 

@@ -22,14 +22,17 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 const DEFAULT_PAGE: i32 = 50;
 
 pub struct ChatService {
-    chat: Chat,
+    chat: Arc<Chat>,
     /// Events a stream may fall behind by before it is ended.
     buffer: usize,
 }
 
 impl ChatService {
     pub fn new(chat: Chat, buffer: usize) -> Self {
-        Self { chat, buffer }
+        Self {
+            chat: Arc::new(chat),
+            buffer,
+        }
     }
 }
 

@@ -487,7 +487,8 @@ impl Hub {
 
     async fn came_online(&self, room: String, user: String) {
         let was_online = self.online_elsewhere(&room, &user).await;
-        self.refresh_presence(&room, std::slice::from_ref(&user)).await;
+        self.refresh_presence(&room, std::slice::from_ref(&user))
+            .await;
         if !was_online {
             self.publish(presence(&room, &user, true)).await;
         }
@@ -555,11 +556,9 @@ impl Hub {
             .iter()
             .map(|user| (expiry, format!("{user}|{}", self.replica)))
             .collect();
-        let added: Result<i64, _> = agora_kit::redis::traced(
-            "ZADD",
-            client.zadd(&key, None, None, false, false, members),
-        )
-        .await;
+        let added: Result<i64, _> =
+            agora_kit::redis::traced("ZADD", client.zadd(&key, None, None, false, false, members))
+                .await;
         if let Err(e) = added {
             redis.failed("ZADD", &e);
             return;

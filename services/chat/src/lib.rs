@@ -328,10 +328,10 @@ impl ChatComponent {
                 keys: Arc::new(keys),
                 hub,
                 files,
-                rules: AttachmentRules {
+                rules: Arc::new(AttachmentRules {
                     max_bytes: config.attachment_max_bytes,
                     types: config.attachment_types.clone(),
-                },
+                }),
             },
             auth,
             config,

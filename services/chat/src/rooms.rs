@@ -174,7 +174,7 @@ pub struct Chat {
     pub hub: Arc<Hub>,
     /// Object storage for attachments; `None` when not configured.
     pub files: Option<Files>,
-    pub rules: AttachmentRules,
+    pub rules: Arc<AttachmentRules>,
 }
 
 /// A user's display name, or "someone" when the users service did not
