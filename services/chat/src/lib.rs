@@ -322,6 +322,7 @@ impl ChatComponent {
         Ok(Self {
             listener,
             chat: Chat {
+                writer: store::MessageWriter::start(store.messages.clone()),
                 activity: Arc::default(),
                 users: agora_proto::users::v1::users_service_client::UsersServiceClient::new(users),
                 store,

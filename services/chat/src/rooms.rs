@@ -21,8 +21,8 @@ use crate::{
     files::{Files, Presigned},
     hub::Hub,
     store::{
-        self, AttachmentDoc, AttachmentRef, MemberDoc, MessageDoc, NotificationDoc, RoomDoc, Store,
-        binary,
+        self, AttachmentDoc, AttachmentRef, MemberDoc, MessageDoc, MessageWriter, NotificationDoc,
+        RoomDoc, Store, Written, binary,
     },
 };
 
@@ -165,6 +165,8 @@ impl Activity {
 
 #[derive(Clone)]
 pub struct Chat {
+    /// Writes messages in batches.
+    pub writer: MessageWriter,
     /// Recent room activity writes.
     pub activity: Arc<Activity>,
     /// The users service: members must be users.
@@ -860,10 +862,10 @@ impl Chat {
             updated_at: now,
             deleted_at: 0,
         };
-        match self.store.messages.insert_one(&doc).await {
-            Ok(_) => {}
+        match self.writer.write(doc.clone()).await {
+            Ok(Written::Stored) => {}
             // A resend: the first message stands.
-            Err(e) if store::is_duplicate(&e) => {
+            Ok(Written::Duplicate) => {
                 let first = self
                     .store
                     .message_by_client_id(room_id, caller, client_id)
