@@ -1257,3 +1257,92 @@ async fn a_websocket_client_sending_too_fast_is_told_and_its_excess_dropped() {
     drop(a);
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn configured_keys_seal_messages_and_no_development_key_is_made() {
+    let key = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+    };
+    let mesh = spawn_mesh_with(move |c| {
+        c.chat.encryption_keys = agora_chat::Secret(format!("k2026:{key}"));
+    })
+    .await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let room = group(&mesh, &ana, "keys", &[]).await;
+    let r = mesh
+        .post(
+            &format!("/api/v1/chat/rooms/{room}/messages"),
+            Some(&ana),
+            json!({"clientId": "k", "body": "sealed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let client = mongodb::Client::with_uri_str(common::mongodb_uri(&mesh.db_name))
+        .await
+        .expect("mongo");
+    let db = client.database(&mesh.db_name);
+    let raw: mongodb::bson::Document = db
+        .collection("messages")
+        .find_one(mongodb::bson::doc! {"room_id": &room})
+        .await
+        .expect("query")
+        .expect("stored");
+    assert_eq!(raw.get_str("kid").expect("kid"), "k2026");
+    let dev: Option<mongodb::bson::Document> = db
+        .collection("settings")
+        .find_one(mongodb::bson::doc! {"_id": "dev_encryption_key"})
+        .await
+        .expect("query");
+    assert!(dev.is_none(), "no development key when keys are configured");
+    let page = mesh
+        .get(&format!("/api/v1/chat/rooms/{room}/messages"), Some(&ana))
+        .await;
+    assert_eq!(page.body["messages"][0]["body"], "sealed");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn the_edge_refuses_streams_beyond_its_cap() {
+    let mesh = spawn_mesh_with(|c| c.edge.max_streams = 1).await;
+    let (_, ana) = user(&mesh, "ana").await;
+    let room = group(&mesh, &ana, "capped", &[]).await;
+    let events = mesh.url(&format!("/api/v1/chat/rooms/{room}/events"));
+    let first = mesh
+        .http
+        .get(&events)
+        .bearer_auth(&ana)
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = mesh
+        .get(&format!("/api/v1/chat/rooms/{room}/events"), Some(&ana))
+        .await;
+    assert_eq!(
+        second.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        second.body
+    );
+    assert!(second.headers.contains_key("retry-after"));
+    // Closing the first frees its slot.
+    drop(first);
+    let mut reopened = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..50 {
+        let r = mesh
+            .http
+            .get(&events)
+            .bearer_auth(&ana)
+            .send()
+            .await
+            .expect("again");
+        reopened = r.status();
+        if reopened == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reopened, StatusCode::OK);
+    mesh.stop().await;
+}

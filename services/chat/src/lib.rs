@@ -365,3 +365,42 @@ impl ChatComponent {
         served
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_come_from_the_environment_or_a_file_and_errors_name_the_setting() {
+        let key = Keyring::generate_key();
+        let mut config = ChatConfig::default();
+        config
+            .apply_env(&Env::from_pairs([(
+                "AGORA_CHAT_ENCRYPTION_KEYS",
+                format!("new:{key}").as_str(),
+            )]))
+            .expect("valid keys");
+        let ring = config.keyring().expect("reads").expect("configured");
+        assert_eq!(ring.seal("x", "a").expect("seals").kid, "new");
+        assert!(!format!("{config:?}").contains(&key), "keys never print");
+
+        let path = std::env::temp_dir().join(format!("agora-chat-keys-{}", std::process::id()));
+        std::fs::write(&path, format!("file:{key}\n")).expect("write");
+        let config = ChatConfig {
+            encryption_keys_file: Some(path.clone()),
+            ..ChatConfig::default()
+        };
+        let ring = config.keyring().expect("reads").expect("configured");
+        assert_eq!(ring.seal("x", "a").expect("seals").kid, "file");
+        std::fs::remove_file(&path).expect("remove");
+
+        let err = ChatConfig::default()
+            .apply_env(&Env::from_pairs([("AGORA_CHAT_ENCRYPTION_KEYS", "bad")]))
+            .expect_err("refused");
+        assert!(
+            err.to_string().contains("AGORA_CHAT_ENCRYPTION_KEYS"),
+            "{err}"
+        );
+        assert!(ChatConfig::default().keyring().expect("reads").is_none());
+    }
+}
