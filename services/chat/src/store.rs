@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use futures::TryStreamExt as _;
 use mongodb::{
-    Client, Collection, Database, IndexModel,
+    Client, Collection, IndexModel,
     bson::{Binary, doc, spec::BinarySubtype},
     error::{ErrorKind, WriteFailure},
     options::{ClientOptions, IndexOptions},
@@ -171,7 +171,6 @@ pub fn is_duplicate(e: &mongodb::error::Error) -> bool {
 
 #[derive(Clone)]
 pub struct Store {
-    db: Database,
     pub rooms: Collection<RoomDoc>,
     pub members: Collection<MemberDoc>,
     pub messages: Collection<MessageDoc>,
@@ -204,7 +203,6 @@ impl Store {
             notifications: db.collection("notifications"),
             attachments: db.collection("attachments"),
             settings: db.collection("settings"),
-            db,
         };
         store
             .ensure_indexes()
@@ -535,11 +533,6 @@ impl Store {
             .update_many(filter, doc! {"$set": {"read_at": now()}})
             .await?;
         Ok(updated.modified_count)
-    }
-
-    /// The database, for tests that inspect stored documents.
-    pub fn database(&self) -> &Database {
-        &self.db
     }
 }
 
