@@ -17,9 +17,11 @@
 //!   all for `BENCH_SECONDS`: messages posted, deliveries per second, and
 //!   p50/p99/max delivery latency (post to receipt by every member).
 
+mod common;
+
 use std::{
     io::Write as _,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -28,34 +30,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use common::{Process, env_or, free_port, post};
 use futures::{SinkExt as _, StreamExt as _};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::{Message as Ws, client::IntoClientRequest as _};
 
 const PASSWORD: &str = "benchmark password 1";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A child process killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -66,25 +46,6 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("no VmRSS")
-}
-
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    token: Option<&str>,
-    body: Value,
-) -> anyhow::Result<Value> {
-    let mut req = http.post(url).json(&body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await?;
-    let status = resp.status();
-    let body: Value = resp.json().await?;
-    if !status.is_success() {
-        bail!("POST {url}: {status} {body}");
-    }
-    Ok(body)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {

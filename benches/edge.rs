@@ -18,41 +18,21 @@
 //! its own pod), without and with the per-IP rate limit (a Redis round
 //! trip per request).
 
+mod common;
+
 use std::{
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use common::{Process, env_or, free_port, post};
 use prost::Message as _;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const PASSWORD: &str = "benchmark password 1";
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A child process killed when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn agora() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_agora"));
@@ -76,25 +56,6 @@ async fn wait_healthy(http: &reqwest::Client, edge: &str) -> anyhow::Result<()> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn post(
-    http: &reqwest::Client,
-    url: &str,
-    token: Option<&str>,
-    body: Value,
-) -> anyhow::Result<Value> {
-    let mut req = http.post(url).json(&body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await?;
-    let status = resp.status();
-    let body: Value = resp.json().await?;
-    if !status.is_success() {
-        bail!("POST {url}: {status} {body}");
-    }
-    Ok(body)
 }
 
 /// One h2load run: throughput and latency percentiles (from its log).
