@@ -54,7 +54,12 @@ fn ws_url(mesh: &TestMesh, path: &str) -> String {
 }
 
 async fn ws(mesh: &TestMesh, path: &str, token: &str) -> Socket {
-    let mut req = ws_url(mesh, path).into_client_request().expect("request");
+    ws_at(&ws_url(mesh, path), token).await
+}
+
+/// A WebSocket to `url` (ws://…) with a bearer token.
+async fn ws_at(url: &str, token: &str) -> Socket {
+    let mut req = url.into_client_request().expect("request");
     req.headers_mut().insert(
         "authorization",
         format!("Bearer {token}").parse().expect("header"),
@@ -62,6 +67,34 @@ async fn ws(mesh: &TestMesh, path: &str, token: &str) -> Socket {
     let (socket, resp) = connect_async(req).await.expect("upgrade");
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     socket
+}
+
+/// A generated chat client straight to a chat server at `url`.
+async fn chat_client(
+    url: String,
+) -> agora_proto::chat::v1::chat_service_client::ChatServiceClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connects");
+    agora_proto::chat::v1::chat_service_client::ChatServiceClient::new(channel)
+}
+
+/// Posts `body` over REST as the holder of `token`.
+async fn say(
+    mesh: &TestMesh,
+    token: &str,
+    room: &str,
+    client_id: &str,
+    body: &str,
+) -> common::Reply {
+    mesh.post(
+        &format!("/api/v1/chat/rooms/{room}/messages"),
+        Some(token),
+        json!({"clientId": client_id, "body": body}),
+    )
+    .await
 }
 
 /// The next JSON text frame (pings are answered by the client library).
@@ -144,13 +177,7 @@ async fn two_users_in_a_room_see_messages_typing_and_presence_over_websockets() 
     assert_eq!(got["message"]["id"], ack["ack"]["messageId"]);
 
     // A message posted over REST reaches the sockets too.
-    let r = mesh
-        .post(
-            &format!("/api/v1/chat/rooms/{room}/messages"),
-            Some(&ana),
-            json!({"clientId": "a-1", "body": "hi bo"}),
-        )
-        .await;
+    let r = say(&mesh, &ana, &room, "a-1", "hi bo").await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
     let got = until(&mut b, |v| v.get("message").is_some()).await;
     assert_eq!(got["message"]["body"], "hi bo");
@@ -384,13 +411,7 @@ async fn stored_messages_hold_ciphertext_only() {
     let (_, ana) = user(&mesh, "ana").await;
     let room = group(&mesh, &ana, "secret", &[]).await;
     let secret = "the launch code is 0000";
-    let r = mesh
-        .post(
-            &format!("/api/v1/chat/rooms/{room}/messages"),
-            Some(&ana),
-            json!({"clientId": "s", "body": secret}),
-        )
-        .await;
+    let r = say(&mesh, &ana, &room, "s", secret).await;
     assert_eq!(r.status, StatusCode::OK);
     let client = mongodb::Client::with_uri_str(common::mongodb_uri(&mesh.db_name))
         .await
@@ -457,13 +478,7 @@ async fn sse_and_ndjson_streams_deliver_events_and_end_with_the_error() {
     // Both streams are open once their `ready` events went out; the
     // message must find them subscribed.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = mesh
-        .post(
-            &format!("/api/v1/chat/rooms/{room}/messages"),
-            Some(&ana),
-            json!({"clientId": "1", "body": "to the streams"}),
-        )
-        .await;
+    let r = say(&mesh, &ana, &room, "1", "to the streams").await;
     assert_eq!(r.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Removing the members ends their streams with the reason.
@@ -590,16 +605,7 @@ async fn a_message_posted_on_one_replica_reaches_streams_on_another() {
         })
         .await;
     let path = format!("/api/v1/chat/rooms/{room}/ws");
-    let mut req = second
-        .url(&path)
-        .replacen("http://", "ws://", 1)
-        .into_client_request()
-        .expect("request");
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {bo}").parse().expect("h"));
-    let (mut b, _) = connect_async(req)
-        .await
-        .expect("upgrade on the second edge");
+    let mut b = ws_at(&second.url(&path).replacen("http://", "ws://", 1), &bo).await;
     next_json(&mut b).await;
     // Ana, on the first replica, sees Bo come online there.
     let mut a = ws(&mesh, &path, &ana).await;
@@ -611,13 +617,7 @@ async fn a_message_posted_on_one_replica_reaches_streams_on_another() {
             .contains(&json!(bo_id)),
         "presence crosses replicas: {ready}"
     );
-    let r = mesh
-        .post(
-            &format!("/api/v1/chat/rooms/{room}/messages"),
-            Some(&ana),
-            json!({"clientId": "x", "body": "across"}),
-        )
-        .await;
+    let r = say(&mesh, &ana, &room, "x", "across").await;
     assert_eq!(r.status, StatusCode::OK);
     let got = until(&mut b, |v| v.get("message").is_some()).await;
     assert_eq!(got["message"]["body"], "across");
@@ -704,18 +704,12 @@ async fn a_client_that_stops_reading_is_cut_off_and_others_are_not() {
 #[tokio::test]
 async fn connect_works_directly_over_grpc() {
     use agora_proto::chat::v1::{
-        ConnectRequest, SendMessage, chat_service_client::ChatServiceClient,
-        connect_request::Action, room_event::Event,
+        ConnectRequest, SendMessage, connect_request::Action, room_event::Event,
     };
     let mesh = spawn_mesh().await;
     let (_, ana) = user(&mesh, "ana").await;
     let room = group(&mesh, &ana, "grpc", &[]).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.chat_addr))
-        .expect("url")
-        .connect()
-        .await
-        .expect("connects");
-    let mut client = ChatServiceClient::new(channel);
+    let mut client = chat_client(format!("http://{}", mesh.chat_addr)).await;
     let requests = futures::stream::iter([
         ConnectRequest {
             room_id: room.clone(),
@@ -761,13 +755,7 @@ async fn connect_works_directly_over_grpc() {
     );
 
     // Without credentials: refused before anything streams.
-    let mut anon = ChatServiceClient::new(
-        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.chat_addr))
-            .expect("url")
-            .connect()
-            .await
-            .expect("connects"),
-    );
+    let mut anon = chat_client(format!("http://{}", mesh.chat_addr)).await;
     let err = anon
         .connect(futures::stream::iter([ConnectRequest {
             room_id: room.clone(),
@@ -823,9 +811,7 @@ impl Drop for PrivateRedis {
 
 #[tokio::test]
 async fn a_replica_that_loses_redis_serves_its_own_clients_and_catches_up_after() {
-    use agora_proto::chat::v1::{
-        WatchRoomRequest, chat_service_client::ChatServiceClient, room_event::Event,
-    };
+    use agora_proto::chat::v1::{WatchRoomRequest, room_event::Event};
     let port = common::free_port();
     let mut redis = PrivateRedis::start(port);
     redis.ready().await;
@@ -847,17 +833,13 @@ async fn a_replica_that_loses_redis_serves_its_own_clients_and_catches_up_after(
     // the second (directly over gRPC).
     let mut a = ws(&mesh, &format!("/api/v1/chat/rooms/{room}/ws"), &ana).await;
     next_json(&mut a).await;
-    let channel = tonic::transport::Endpoint::from_shared(chat2.grpc_url())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connects");
     let mut req = tonic::Request::new(WatchRoomRequest {
         room_id: room.clone(),
     });
     req.metadata_mut()
         .insert("authorization", format!("Bearer {bo}").parse().expect("md"));
-    let mut b = ChatServiceClient::new(channel)
+    let mut b = chat_client(chat2.grpc_url())
+        .await
         .watch_room(req)
         .await
         .expect("watch")
@@ -868,13 +850,7 @@ async fn a_replica_that_loses_redis_serves_its_own_clients_and_catches_up_after(
     };
 
     redis.stop();
-    let posted = mesh
-        .post(
-            &format!("/api/v1/chat/rooms/{room}/messages"),
-            Some(&ana),
-            json!({"clientId": "during", "body": "while Redis is down"}),
-        )
-        .await;
+    let posted = say(&mesh, &ana, &room, "during", "while Redis is down").await;
     assert_eq!(posted.status, StatusCode::OK, "{:?}", posted.body);
     // The first replica still serves its own clients.
     let got = until(&mut a, |v| v.get("message").is_some()).await;
@@ -905,16 +881,11 @@ async fn a_replica_that_loses_redis_serves_its_own_clients_and_catches_up_after(
 
 #[tokio::test]
 async fn other_services_notify_users_through_notify_and_customers_may_not() {
-    use agora_proto::chat::v1::{NotifyRequest, chat_service_client::ChatServiceClient};
+    use agora_proto::chat::v1::NotifyRequest;
     let mesh = spawn_mesh().await;
     let (bo_id, bo) = user(&mesh, "bo").await;
     let (_, staff) = mesh.admin().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.chat_addr))
-        .expect("url")
-        .connect()
-        .await
-        .expect("connects");
-    let mut client = ChatServiceClient::new(channel);
+    let mut client = chat_client(format!("http://{}", mesh.chat_addr)).await;
     let notify = |token: &str| {
         let mut req = tonic::Request::new(NotifyRequest {
             user_id: bo_id.clone(),
@@ -1144,14 +1115,8 @@ async fn a_stopping_edge_tells_websocket_clients_to_reconnect() {
             c.admin.addr = "127.0.0.1:0".parse().expect("addr");
         })
         .await;
-    let mut req = edge
-        .url(&format!("/api/v1/chat/rooms/{room}/ws"))
-        .replacen("http://", "ws://", 1)
-        .into_client_request()
-        .expect("request");
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {ana}").parse().expect("h"));
-    let (mut a, _) = connect_async(req).await.expect("upgrade");
+    let url = edge.url(&format!("/api/v1/chat/rooms/{room}/ws"));
+    let mut a = ws_at(&url.replacen("http://", "ws://", 1), &ana).await;
     next_json(&mut a).await;
     let stopping = tokio::spawn(edge.terminate());
     let last = until(&mut a, |v| v.get("error").is_some()).await;
@@ -1270,13 +1235,7 @@ async fn configured_keys_seal_messages_and_no_development_key_is_made() {
     .await;
     let (_, ana) = user(&mesh, "ana").await;
     let room = group(&mesh, &ana, "keys", &[]).await;
-    let r = mesh
-        .post(
-            &format!("/api/v1/chat/rooms/{room}/messages"),
-            Some(&ana),
-            json!({"clientId": "k", "body": "sealed"}),
-        )
-        .await;
+    let r = say(&mesh, &ana, &room, "k", "sealed").await;
     assert_eq!(r.status, StatusCode::OK);
     let client = mongodb::Client::with_uri_str(common::mongodb_uri(&mesh.db_name))
         .await
