@@ -30,7 +30,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use common::{Process, env_or, free_port, post};
+use common::{Process, env_or, free_port, post, wait_healthy};
 use futures::{SinkExt as _, StreamExt as _};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::{Message as Ws, client::IntoClientRequest as _};
@@ -117,23 +117,13 @@ async fn main() -> anyhow::Result<()> {
         .env("AGORA_USERS_ADDR", format!("127.0.0.1:{}", ports[1]))
         .env("AGORA_CATALOG_ADDR", format!("127.0.0.1:{}", ports[2]))
         .env("AGORA_CHAT_ADDR", format!("127.0.0.1:{}", ports[3]))
+        .env("AGORA_ANALYTICS_ADDR", "127.0.0.1:0")
         .env("AGORA_ADMIN_ADDR", format!("127.0.0.1:{}", ports[4]));
     let mesh = Process(serve.spawn().context("cannot start agora")?);
     let pid = mesh.0.id();
     let edge = format!("http://127.0.0.1:{}", ports[0]);
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http
-        .get(format!("{edge}/health"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        if Instant::now() > deadline {
-            bail!("agora did not become healthy");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_healthy(&edge).await?;
 
     // Users and rooms, made as clients would.
     let mut tokens = Vec::new();

@@ -146,6 +146,8 @@ async fn main() -> anyhow::Result<()> {
         .env("AGORA_EDGE_ADDR", format!("127.0.0.1:{edge_port}"))
         .env("AGORA_USERS_ADDR", format!("127.0.0.1:{users_port}"))
         .env("AGORA_CATALOG_ADDR", format!("127.0.0.1:{catalog_port}"))
+        .env("AGORA_CHAT_ADDR", "127.0.0.1:0")
+        .env("AGORA_ANALYTICS_ADDR", "127.0.0.1:0")
         .env("AGORA_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"));
     let _mesh = Process(serve.spawn().context("cannot start agora")?);
     let edge = format!("http://127.0.0.1:{edge_port}");

@@ -5,9 +5,11 @@
 use std::{env, fs, path::PathBuf};
 
 const PROTOS: &[&str] = &[
+    "agora/analytics/v1/analytics.proto",
     "agora/api/v1/access.proto",
     "agora/catalog/v1/catalog.proto",
     "agora/chat/v1/chat.proto",
+    "agora/events/v1/events.proto",
     "agora/users/v1/users.proto",
     "google/api/annotations.proto",
 ];

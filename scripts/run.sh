@@ -5,7 +5,10 @@
 # MongoDB-wire server (data kept in .tools/run/mongo-dev, left running for
 # the next run); likewise the local S3-compatible server (moto, port 4566) for
 # chat attachments unless AWS_ENDPOINT_URL_S3 or AGORA_CHAT_ATTACHMENTS_BUCKET
-# is set. Arguments go to `agora serve` (`./scripts/run.sh --target edge`).
+# is set, and for the event queue (SQS) unless AWS_ENDPOINT_URL_SQS is set or
+# AWS credentials are configured (then the SDK reaches AWS itself). The
+# queues are created by the services. Arguments go to `agora serve`
+# (`./scripts/run.sh --target edge`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,5 +28,12 @@ if [ -z "${AWS_ENDPOINT_URL_S3:-}" ] && [ -z "${AGORA_CHAT_ATTACHMENTS_BUCKET:-}
   export AWS_ENDPOINT_URL_S3=http://127.0.0.1:4566 AWS_REGION=${AWS_REGION:-us-east-1}
   export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-dev} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-dev}
   export AGORA_CHAT_ATTACHMENTS_BUCKET=agora-chat-attachments AGORA_CHAT_S3_PATH_STYLE=true
+fi
+# Events: the local SQS-compatible server unless SQS is configured.
+if [ -z "${AWS_ENDPOINT_URL_SQS:-}" ] && [ -z "${AWS_ACCESS_KEY_ID:-}" ] && [ ! -f "$HOME/.aws/credentials" ]; then
+  install_python_tools
+  start_moto 4566 || true
+  export AWS_ENDPOINT_URL_SQS=http://127.0.0.1:4566 AWS_REGION=${AWS_REGION:-us-east-1}
+  export AWS_ACCESS_KEY_ID=dev AWS_SECRET_ACCESS_KEY=dev
 fi
 exec cargo run --release -- serve "$@"

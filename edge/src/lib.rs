@@ -13,6 +13,7 @@
 //! - [`call`]: one upstream call with shedding, breaker, deadline and retries.
 //! - [`error`]: gRPC status → HTTP status and `google.rpc.Status` bodies.
 //! - [`openapi`]: the OpenAPI 3.1 document.
+//! - [`dashboard`]: the business dashboard at `/admin/` (static, embedded).
 //! - [`health`]: the aggregated `/health`.
 //! - [`access`]: request metrics and the access log.
 //! - [`ratelimit`]: per key / user / IP limits shared through Redis.
@@ -21,6 +22,7 @@
 pub mod access;
 pub mod call;
 pub mod codec;
+pub mod dashboard;
 pub mod error;
 pub mod health;
 pub mod idempotency;
@@ -357,6 +359,7 @@ pub fn router(state: EdgeState, cors: Option<CorsLayer>) -> Router {
     let app = Router::new()
         .route("/health", get(health::health))
         .route("/api/v1/openapi.json", get(openapi_json))
+        .merge(dashboard::routes())
         .fallback(proxy::handle)
         // One shared state: handlers clone an Arc, not every field.
         .with_state(Arc::new(state))

@@ -131,7 +131,7 @@ impl Default for UpstreamsConfig {
         // Only services that exist get a default entry; others appear when
         // configured.
         Self(
-            ["users", "catalog", "chat"]
+            ["users", "catalog", "chat", "analytics"]
                 .into_iter()
                 .map(|n| (n.to_owned(), UpstreamPolicy::defaults_for(n)))
                 .collect(),

@@ -8,6 +8,12 @@ pub mod codec;
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/agora_descriptor.bin"));
 
+pub mod analytics {
+    pub mod v1 {
+        tonic::include_proto!("agora.analytics.v1");
+    }
+}
+
 pub mod api {
     pub mod v1 {
         tonic::include_proto!("agora.api.v1");
@@ -26,6 +32,12 @@ pub mod chat {
     }
 }
 
+pub mod events {
+    pub mod v1 {
+        tonic::include_proto!("agora.events.v1");
+    }
+}
+
 pub mod users {
     pub mod v1 {
         tonic::include_proto!("agora.users.v1");
@@ -33,6 +45,12 @@ pub mod users {
 }
 
 pub mod google {
+    pub mod analytics {
+        pub mod v1 {
+            tonic::include_proto!("agora.analytics.v1");
+        }
+    }
+
     pub mod api {
         tonic::include_proto!("google.api");
     }

@@ -23,6 +23,7 @@ pub struct TestMesh {
     pub users_addr: SocketAddr,
     pub catalog_addr: SocketAddr,
     pub chat_addr: SocketAddr,
+    pub analytics_addr: SocketAddr,
     pub admin: String,
     pub database: DatabaseConfig,
     pub db_name: String,
@@ -73,6 +74,17 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
     if let Ok(url) = std::env::var("REDIS_URL") {
         config.chat.redis_url = url;
     }
+    config.analytics.addr = "127.0.0.1:0".parse().expect("addr");
+    config.analytics.mongodb_uri = config.chat.mongodb_uri.clone();
+    config.analytics.wait = Duration::from_secs(5);
+    // Each test has its own event queue on the local SQS server; without
+    // one, events stay in the outboxes.
+    config.events.queue = if std::env::var("AWS_ENDPOINT_URL_SQS").is_ok() {
+        db_name.clone()
+    } else {
+        String::new()
+    };
+    config.events.poll_interval = Duration::from_millis(50);
     config.catalog.cache_key_prefix = format!("{db_name}:");
     if let Ok(url) = std::env::var("REDIS_URL") {
         config.catalog.redis_url = url;
@@ -102,6 +114,7 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
     let users_addr = app.addr("users").expect("users addr");
     let catalog_addr = app.addr("catalog").expect("catalog addr");
     let chat_addr = app.addr("chat").expect("chat addr");
+    let analytics_addr = app.addr("analytics").expect("analytics addr");
     let admin = format!("http://{}", app.admin_addr().expect("admin addr"));
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async move {
@@ -112,6 +125,7 @@ pub async fn spawn_mesh_with(adjust: impl FnOnce(&mut Config)) -> TestMesh {
         users_addr,
         catalog_addr,
         chat_addr,
+        analytics_addr,
         admin,
         database,
         db_name,
@@ -144,10 +158,12 @@ impl TestMesh {
         let users = format!("http://{}", self.users_addr);
         config.catalog.users_url = users.clone();
         config.chat.users_url = users.clone();
+        config.analytics.users_url = users.clone();
         for (name, url) in [
             ("users", users),
             ("catalog", format!("http://{}", self.catalog_addr)),
             ("chat", format!("http://{}", self.chat_addr)),
+            ("analytics", format!("http://{}", self.analytics_addr)),
         ] {
             if let Some(policy) = config.edge.upstreams.0.get_mut(name) {
                 policy.url = url;
@@ -410,6 +426,11 @@ impl Drop for TestMesh {
 
 /// A staff member: registered, promoted by an admin, logged in again.
 pub async fn staff(mesh: &TestMesh) -> String {
+    staff_account(mesh).await.1
+}
+
+/// A new staff member (its password is [`PASSWORD`]): (email, access token).
+pub async fn staff_account(mesh: &TestMesh) -> (String, String) {
     let email = format!("staff-{}@example.com", uuid::Uuid::new_v4().simple());
     let user = mesh.register(&email).await;
     let (_, admin) = mesh.admin().await;
@@ -422,7 +443,8 @@ pub async fn staff(mesh: &TestMesh) -> String {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
-    mesh.login(&email, PASSWORD).await.0
+    let token = mesh.login(&email, PASSWORD).await.0;
+    (email, token)
 }
 
 pub async fn category(mesh: &TestMesh, token: &str, slug: &str, parent: Option<&str>) -> String {
@@ -485,6 +507,11 @@ pub async fn reflected_services(channel: tonic::transport::Channel) -> Vec<Strin
 // === real processes ===
 
 /// A free local port (bound, read, released).
+/// A connection to the mesh's database.
+pub async fn db(mesh: &TestMesh) -> PgConnection {
+    PgConnection::connect(&mesh.database.url).await.expect("db")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -546,6 +573,12 @@ impl TestMesh {
             .env("CHAT_SERVICE_URL", format!("http://{}", self.chat_addr))
             .env("MONGODB_URI", &self.config.chat.mongodb_uri)
             .env("AGORA_CHAT_KEY_PREFIX", &self.config.chat.key_prefix)
+            .env(
+                "DATA_SERVICE_URL",
+                format!("http://{}", self.analytics_addr),
+            )
+            .env("AGORA_EVENTS_QUEUE", &self.config.events.queue)
+            .env("AGORA_ANALYTICS_WAIT_SECS", "5")
             .env("AGORA_EDGE_RATE_LIMIT_ANONYMOUS_PER_MINUTE", "0")
             .env("AGORA_SHUTDOWN_DRAIN_MS", "0")
             .env("AGORA_LOG_FORMAT", "text")

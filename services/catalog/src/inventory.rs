@@ -5,13 +5,12 @@
 //! serialize on that row and only those that fit succeed.
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{
     error::CatalogError,
-    store::{StockRow, Store, movement, outbox},
+    store::{OUTBOX, Payload, StockRow, Store, ev, movement},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,13 +102,19 @@ impl Store {
             });
         };
         movement(&mut tx, product, delta, 0, reason, None, actor).await?;
-        outbox(
-            &mut tx,
-            "catalog.stock_changed",
-            product,
-            json!({"productId": product, "delta": delta, "reason": reason, "onHand": row.on_hand, "reserved": row.reserved}),
-        )
-        .await?;
+        OUTBOX
+            .append(
+                &mut tx,
+                product,
+                Payload::StockChanged(ev::StockChanged {
+                    product_id: product.to_string(),
+                    delta,
+                    reason: reason.to_owned(),
+                    on_hand: row.on_hand,
+                    reserved: row.reserved,
+                }),
+            )
+            .await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -185,6 +190,10 @@ impl Store {
         let reservation = load(&mut tx, id)
             .await?
             .ok_or_else(|| CatalogError::NotFound("reservation".into()))?;
+        let created = reservation_event(&mut tx, &reservation).await?;
+        OUTBOX
+            .append(&mut tx, id, Payload::ReservationCreated(created))
+            .await?;
         tx.commit().await?;
         Ok(reservation)
     }
@@ -311,24 +320,46 @@ async fn finish(
         .bind(to.as_str())
         .execute(&mut **tx)
         .await?;
-    let items: Vec<_> = r
+    let change = reservation_event(tx, r).await?;
+    let payload = match to {
+        Status::Committed => Payload::ReservationCommitted(change),
+        Status::Expired => Payload::ReservationExpired(change),
+        _ => Payload::ReservationReleased(change),
+    };
+    OUTBOX.append(tx, r.id, payload).await?;
+    Ok(())
+}
+
+/// A reservation's event payload: its items at their current prices.
+async fn reservation_event(
+    tx: &mut Transaction<'_, Postgres>,
+    r: &Reservation,
+) -> Result<ev::ReservationChanged, CatalogError> {
+    let ids: Vec<Uuid> = r.items.iter().map(|(p, _)| *p).collect();
+    let prices: Vec<(Uuid, i64, String)> =
+        sqlx::query_as("SELECT id, price_minor, currency FROM products WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut **tx)
+            .await?;
+    let items = r
         .items
         .iter()
-        .map(|(p, q)| json!({"productId": p, "quantity": q}))
+        .map(|&(product, quantity)| ev::ReservationItem {
+            product_id: product.to_string(),
+            quantity,
+            unit_price: prices.iter().find(|(id, _, _)| *id == product).map(
+                |(_, amount, currency)| ev::Money {
+                    currency: currency.clone(),
+                    amount_minor: *amount,
+                },
+            ),
+        })
         .collect();
-    let event = match to {
-        Status::Committed => "catalog.reservation_committed",
-        Status::Expired => "catalog.reservation_expired",
-        _ => "catalog.reservation_released",
-    };
-    outbox(
-        tx,
-        event,
-        r.id,
-        json!({"reservationId": r.id, "ownerId": r.owner_id, "items": items}),
-    )
-    .await?;
-    Ok(())
+    Ok(ev::ReservationChanged {
+        reservation_id: r.id.to_string(),
+        owner_id: r.owner_id.clone(),
+        items,
+    })
 }
 
 async fn lock(

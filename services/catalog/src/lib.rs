@@ -31,7 +31,9 @@ use agora_kit::{
     balance::Balanced,
     config::{ConfigError, Env},
     db::DatabaseConfig,
+    events::EventsConfig,
     jwks::RemoteAuthenticator,
+    outbox::Relay,
     shutdown::Shutdown,
 };
 use agora_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
@@ -148,6 +150,7 @@ pub async fn connect(db: &DatabaseConfig) -> anyhow::Result<Store> {
 /// The catalog service, built and bound, not yet serving.
 pub struct CatalogComponent {
     listener: TcpListener,
+    relay: Option<Relay>,
     service: CatalogService,
     store: Store,
     cache: ProductCache,
@@ -156,9 +159,14 @@ pub struct CatalogComponent {
 }
 
 impl CatalogComponent {
-    pub async fn build(config: CatalogConfig, db: &DatabaseConfig) -> anyhow::Result<Self> {
+    pub async fn build(
+        config: CatalogConfig,
+        db: &DatabaseConfig,
+        events: &EventsConfig,
+    ) -> anyhow::Result<Self> {
         config.validate()?;
         let store = connect(db).await?;
+        let relay = Relay::for_service(store.pool().clone(), store::OUTBOX.source, events).await;
         let cache = if config.redis_url.is_empty() {
             ProductCache::disabled()
         } else {
@@ -181,6 +189,7 @@ impl CatalogComponent {
         let service = CatalogService::new(store.clone(), cache.clone(), config.reservation_ttl);
         Ok(Self {
             listener,
+            relay,
             service,
             store,
             cache,
@@ -193,8 +202,10 @@ impl CatalogComponent {
         self.listener.local_addr()
     }
 
-    /// Serves, and releases expired reservations, until `shutdown` stops.
+    /// Serves, releases expired reservations and publishes the outbox,
+    /// until `shutdown` stops.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let relay = Relay::spawn(self.relay, shutdown.clone());
         let sweeper = tokio::spawn(sweep(
             self.store,
             self.cache,
@@ -212,6 +223,9 @@ impl CatalogComponent {
         )
         .await;
         sweeper.abort();
+        if let Some(relay) = relay {
+            relay.abort();
+        }
         served
     }
 }

@@ -2,7 +2,6 @@
 //! Every change writes its outbox event in the same transaction.
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -137,13 +136,16 @@ impl Store {
             Some(FOREIGN_KEY_VIOLATION) => CatalogError::invalid("category.parent_id", "no such category"),
             _ => e.into(),
         })?;
-        outbox(
-            &mut tx,
-            "catalog.category_created",
-            row.id,
-            json!({"categoryId": row.id, "slug": row.slug}),
-        )
-        .await?;
+        OUTBOX
+            .append(
+                &mut tx,
+                row.id,
+                Payload::CategoryCreated(ev::CategoryCreated {
+                    category_id: row.id.to_string(),
+                    slug: row.slug.clone(),
+                }),
+            )
+            .await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -228,7 +230,9 @@ impl Store {
         let row = product_in(&mut tx, id)
             .await?
             .ok_or_else(|| CatalogError::NotFound("product".into()))?;
-        outbox(&mut tx, "catalog.product_created", id, product_event(&row)).await?;
+        OUTBOX
+            .append(&mut tx, id, Payload::ProductCreated(product_event(&row)))
+            .await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -276,7 +280,9 @@ impl Store {
         let row = product_in(&mut tx, id)
             .await?
             .ok_or_else(|| CatalogError::NotFound(format!("product {id}")))?;
-        outbox(&mut tx, "catalog.product_updated", id, product_event(&row)).await?;
+        OUTBOX
+            .append(&mut tx, id, Payload::ProductUpdated(product_event(&row)))
+            .await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -299,13 +305,15 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        outbox(
-            &mut tx,
-            "catalog.product_deleted",
-            id,
-            json!({"productId": id}),
-        )
-        .await?;
+        OUTBOX
+            .append(
+                &mut tx,
+                id,
+                Payload::ProductDeleted(ev::ProductDeleted {
+                    product_id: id.to_string(),
+                }),
+            )
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -398,11 +406,18 @@ pub(crate) async fn product_in(
     .await?)
 }
 
-fn product_event(row: &ProductRow) -> serde_json::Value {
-    json!({
-        "productId": row.id, "sku": row.sku, "name": row.name, "categoryId": row.category_id,
-        "price": {"currency": row.currency, "amountMinor": row.price_minor.to_string()}, "etag": etag(row.version),
-    })
+fn product_event(row: &ProductRow) -> ev::ProductChanged {
+    ev::ProductChanged {
+        product_id: row.id.to_string(),
+        sku: row.sku.clone(),
+        name: row.name.clone(),
+        category_id: row.category_id.to_string(),
+        price: Some(ev::Money {
+            currency: row.currency.clone(),
+            amount_minor: row.price_minor,
+        }),
+        etag: etag(row.version),
+    }
 }
 
 /// Adds the words of a product name to the typo-correction vocabulary.
@@ -443,5 +458,9 @@ pub(crate) async fn movement(
     Ok(())
 }
 
-/// Appends an event to the outbox inside the transaction; returns its id.
-pub(crate) use agora_kit::outbox::append as outbox;
+/// Where this service appends its events, in the transaction of their
+/// change; their `source` is "catalog".
+pub const OUTBOX: agora_kit::outbox::Outbox = agora_kit::outbox::Outbox { source: "catalog" };
+
+pub(crate) use agora_kit::events::Payload;
+pub(crate) use agora_proto::events::v1 as ev;

@@ -182,14 +182,7 @@ impl ChatConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !self.mongodb_uri.starts_with("mongodb://")
-            && !self.mongodb_uri.starts_with("mongodb+srv://")
-        {
-            return Err(ConfigError::invalid(
-                "MONGODB_URI",
-                "must start with mongodb:// or mongodb+srv://",
-            ));
-        }
+        agora_kit::mongo::validate_uri(&self.mongodb_uri)?;
         if !self.redis_url.is_empty() {
             fred::prelude::Config::from_url(&self.redis_url)
                 .map_err(|e| ConfigError::invalid("REDIS_URL", format!("not a Redis URL: {e}")))?;

@@ -27,21 +27,18 @@ pub fn now() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
 use tokio::sync::{mpsc, oneshot};
 
 use futures::TryStreamExt as _;
 use mongodb::{
-    Client, Collection, IndexModel,
+    Collection, IndexModel,
     bson::{Binary, doc, spec::BinarySubtype},
     error::{ErrorKind, WriteFailure},
-    options::{ClientOptions, IndexOptions},
+    options::IndexOptions,
 };
 use serde::{Deserialize, Serialize};
-
-/// The database used when `MONGODB_URI` names none.
-pub const DEFAULT_DATABASE: &str = "agora";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoomDoc {
@@ -180,22 +177,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects to `uri` (its database, or [`DEFAULT_DATABASE`]) and makes
+    /// Connects to `uri` (its database, or `agora`) and makes
     /// the indexes. Fails fast when no server answers, naming the setting.
     pub async fn connect(uri: &str) -> anyhow::Result<Self> {
-        let mut options = ClientOptions::parse(uri)
-            .await
-            .map_err(|e| anyhow::anyhow!("MONGODB_URI: not a MongoDB URI: {e}"))?;
-        options.app_name = Some("agora-chat".into());
-        options.server_selection_timeout = Some(Duration::from_secs(5));
-        options.connect_timeout = Some(Duration::from_secs(2));
-        let name = options
-            .default_database
-            .clone()
-            .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
-        let client = Client::with_options(options)
-            .map_err(|e| anyhow::anyhow!("MONGODB_URI: cannot make a client: {e}"))?;
-        let db = client.database(&name);
+        let db = agora_kit::mongo::database(uri, "agora-chat").await?;
         let store = Self {
             rooms: db.collection("rooms"),
             members: db.collection("members"),

@@ -21,12 +21,15 @@
 //! - [`auth`]: access-token claims and the metadata that carries a caller.
 //! - [`jwks`]: authentication against the users service (JWKS, API keys)
 //!   for components that do not own credentials.
-//! - [`outbox`]: appending events in the transaction of their change.
+//! - [`outbox`]: appending events in the transaction of their change, and
+//!   the relay that publishes them.
+//! - [`events`]: the event queue (SQS) and the envelope's JSON form.
 //! - [`error`]: the failures every service shares, and their one mapping
 //!   to a gRPC status.
 //! - [`proto`]: protobuf field conversions (ids, timestamps).
 //! - [`deadline`]: the served call's deadline, for the work it causes.
 //! - [`db`]: PostgreSQL pools, one schema per service.
+//! - [`mongo`]: MongoDB connections from `MONGODB_URI`.
 //! - [`redis`]: a Redis client that skips Redis at once while it is down.
 
 pub mod access;
@@ -38,12 +41,14 @@ pub mod config;
 pub mod db;
 pub mod deadline;
 pub mod error;
+pub mod events;
 pub mod failure;
 pub mod grpc;
 pub mod h2client;
 pub mod jwks;
 pub mod local;
 pub mod metrics;
+pub mod mongo;
 pub mod outbox;
 pub mod proto;
 pub mod redis;

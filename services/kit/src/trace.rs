@@ -394,6 +394,24 @@ pub fn extract(headers: &http::HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
+/// Makes `span` a child of the remote span named by a `traceparent` value
+/// (one carried in a message rather than in headers); nothing when the
+/// value is not a valid trace context.
+pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
+    if !enabled() {
+        return;
+    }
+    let Ok(value) = http::HeaderValue::from_str(traceparent) else {
+        return;
+    };
+    let mut headers = http::HeaderMap::with_capacity(1);
+    headers.insert("traceparent", value);
+    let parent = extract(&headers);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+}
+
 /// Writes the current span's context into `headers` (nothing when there is
 /// no current span).
 pub fn inject_current(headers: &mut http::HeaderMap) {

@@ -3,13 +3,12 @@
 //! stored as SHA-256 digests only.
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{
     error::UsersError,
-    store::{Store, UserRow, key_columns, outbox, user_columns},
+    store::{OUTBOX, Payload, Store, UserRow, ev, key_columns, user_columns},
 };
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -118,13 +117,16 @@ impl Store {
                 .bind(family)
                 .execute(&mut *tx)
                 .await?;
-            outbox(
-                &mut tx,
-                "users.refresh_token_reused",
-                user_id,
-                json!({"userId": user_id, "familyId": family}),
-            )
-            .await?;
+            OUTBOX
+                .append(
+                    &mut tx,
+                    user_id,
+                    Payload::RefreshTokenReused(ev::RefreshTokenReused {
+                        user_id: user_id.to_string(),
+                        family_id: family.to_string(),
+                    }),
+                )
+                .await?;
             tx.commit().await?;
             return Ok(Rotation::Reused);
         }
@@ -189,8 +191,17 @@ impl Store {
             .bind(expires_at)
             .execute(&mut *tx)
             .await?;
-        let payload = json!({"userId": user.id, "email": user.email, "token": secret, "expireTime": expires_at});
-        let event_id = outbox(&mut tx, purpose.event(), user.id, payload).await?;
+        let issued = ev::OneTimeTokenIssued {
+            user_id: user.id.to_string(),
+            email: user.email.clone(),
+            token: secret.to_owned(),
+            expire_time: Some(agora_kit::proto::timestamp(expires_at)),
+        };
+        let payload = match purpose {
+            Purpose::EmailVerification => Payload::EmailVerificationRequested(issued),
+            Purpose::PasswordReset => Payload::PasswordResetRequested(issued),
+        };
+        let event_id = OUTBOX.append(&mut tx, user.id, payload).await?;
         tx.commit().await?;
         tracing::info!(user_id = %user.id, %event_id, event = purpose.event(), "one-time token issued");
         Ok(())
@@ -209,13 +220,16 @@ impl Store {
         .bind(user_id)
         .fetch_one(&mut *tx)
         .await?;
-        outbox(
-            &mut tx,
-            "users.email_verified",
-            row.id,
-            json!({"userId": row.id, "email": row.email}),
-        )
-        .await?;
+        OUTBOX
+            .append(
+                &mut tx,
+                row.id,
+                Payload::EmailVerified(ev::EmailVerified {
+                    user_id: row.id.to_string(),
+                    email: row.email.clone(),
+                }),
+            )
+            .await?;
         tx.commit().await?;
         Ok(Some(row))
     }
@@ -239,13 +253,15 @@ impl Store {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        outbox(
-            &mut tx,
-            "users.password_changed",
-            user_id,
-            json!({"userId": user_id}),
-        )
-        .await?;
+        OUTBOX
+            .append(
+                &mut tx,
+                user_id,
+                Payload::PasswordChanged(ev::PasswordChanged {
+                    user_id: user_id.to_string(),
+                }),
+            )
+            .await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -27,6 +27,8 @@ use agora_kit::{
     auth::{AuthLayer, Authenticator, Caller, Credential, Presented, TokenError},
     config::{ConfigError, Env},
     db::DatabaseConfig,
+    events::EventsConfig,
+    outbox::Relay,
     shutdown::Shutdown,
 };
 use agora_proto::users::v1::users_service_server::UsersServiceServer;
@@ -256,13 +258,18 @@ impl Authenticator for UsersAuthenticator {
 /// The users service, built and bound, not yet serving.
 pub struct UsersComponent {
     listener: TcpListener,
+    relay: Option<Relay>,
     service: UsersService,
     auth: AuthLayer,
 }
 
 impl UsersComponent {
     /// Connects the database, loads the signing key and binds the listener.
-    pub async fn build(config: UsersConfig, db: &DatabaseConfig) -> anyhow::Result<Self> {
+    pub async fn build(
+        config: UsersConfig,
+        db: &DatabaseConfig,
+        events: &EventsConfig,
+    ) -> anyhow::Result<Self> {
         config.validate()?;
         let mut keys = SigningKey::load(&config.key_source(), &config.issuer, &config.audience)?;
         if let Some(path) = &config.retired_keys_file {
@@ -278,6 +285,7 @@ impl UsersComponent {
         }
         let keys = Arc::new(keys);
         let store = connect(db).await?;
+        let relay = Relay::for_service(store.pool().clone(), store::OUTBOX.source, events).await;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("AGORA_USERS_ADDR: cannot listen on {}", config.addr))?;
@@ -291,6 +299,7 @@ impl UsersComponent {
         let service = UsersService::new(store, keys, Arc::new(config)).await?;
         Ok(Self {
             listener,
+            relay,
             service,
             auth,
         })
@@ -300,10 +309,12 @@ impl UsersComponent {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` stops the process.
+    /// Serves, and publishes the outbox, until `shutdown` stops the
+    /// process.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let relay = Relay::spawn(self.relay, shutdown.clone());
         let routes = tonic::service::Routes::new(UsersServiceServer::new(self.service));
-        agora_kit::grpc::serve(
+        let served = agora_kit::grpc::serve(
             COMPONENT,
             self.listener,
             &[SERVICE_NAME],
@@ -311,6 +322,10 @@ impl UsersComponent {
             Some(self.auth),
             shutdown,
         )
-        .await
+        .await;
+        if let Some(relay) = relay {
+            relay.abort();
+        }
+        served
     }
 }

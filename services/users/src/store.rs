@@ -2,7 +2,6 @@
 //! hear about writes its outbox event in the same transaction.
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -90,13 +89,17 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(UsersError::EmailTaken)?;
-        outbox(
-            &mut tx,
-            "users.user_registered",
-            row.id,
-            json!({"userId": row.id, "email": row.email, "roles": row.roles}),
-        )
-        .await?;
+        OUTBOX
+            .append(
+                &mut tx,
+                row.id,
+                Payload::UserRegistered(ev::UserRegistered {
+                    user_id: row.id.to_string(),
+                    email: row.email.clone(),
+                    roles: row.roles.clone(),
+                }),
+            )
+            .await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -148,13 +151,16 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = &row {
-            outbox(
-                &mut tx,
-                "users.user_updated",
-                row.id,
-                json!({"userId": row.id, "displayName": row.display_name}),
-            )
-            .await?;
+            OUTBOX
+                .append(
+                    &mut tx,
+                    row.id,
+                    Payload::UserUpdated(ev::UserUpdated {
+                        user_id: row.id.to_string(),
+                        display_name: row.display_name.clone(),
+                    }),
+                )
+                .await?;
         }
         tx.commit().await?;
         Ok(row)
@@ -193,13 +199,16 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = &row {
-            outbox(
-                &mut tx,
-                "users.roles_changed",
-                row.id,
-                json!({"userId": row.id, "roles": row.roles}),
-            )
-            .await?;
+            OUTBOX
+                .append(
+                    &mut tx,
+                    row.id,
+                    Payload::RolesChanged(ev::RolesChanged {
+                        user_id: row.id.to_string(),
+                        roles: row.roles.clone(),
+                    }),
+                )
+                .await?;
         }
         tx.commit().await?;
         Ok(row)
@@ -226,18 +235,24 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            outbox(
-                &mut tx,
-                "users.user_deactivated",
-                row.id,
-                json!({"userId": row.id}),
-            )
-            .await?;
+            OUTBOX
+                .append(
+                    &mut tx,
+                    row.id,
+                    Payload::UserDeactivated(ev::UserDeactivated {
+                        user_id: row.id.to_string(),
+                    }),
+                )
+                .await?;
         }
         tx.commit().await?;
         Ok(row)
     }
 }
 
-/// Appends an event to the outbox inside the transaction; returns its id.
-pub(crate) use agora_kit::outbox::append as outbox;
+/// Where this service appends its events, in the transaction of their
+/// change; their `source` is "users".
+pub const OUTBOX: agora_kit::outbox::Outbox = agora_kit::outbox::Outbox { source: "users" };
+
+pub(crate) use agora_kit::events::Payload;
+pub(crate) use agora_proto::events::v1 as ev;
