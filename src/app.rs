@@ -125,7 +125,7 @@ pub static MODULES: &[Module] = &[
         database: None,
         build: |c| {
             Box::pin(async move {
-                let chat = ChatComponent::build(c.chat.clone())
+                let chat = ChatComponent::build(c.chat.clone(), &c.events)
                     .await
                     .context("Failed to start the chat service")?;
                 Ok(Built::new(chat.local_addr()?, |s| chat.run(s)))

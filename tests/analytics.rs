@@ -74,7 +74,7 @@ async fn writes_become_reports_through_outbox_sqs_and_the_consumer() {
     let (_, admin) = mesh.admin().await;
     let staff = staff(&mesh).await;
     let (ana_id, ana) = mesh.customer("ana-analytics@example.com").await;
-    let (_, bob) = mesh.customer("bob-analytics@example.com").await;
+    let (bob_id, bob) = mesh.customer("bob-analytics@example.com").await;
     // admin, staff's admin and staff, ana, bob
     wait_metric(&mesh, &admin, "signups", 5.0).await;
 
@@ -146,16 +146,38 @@ async fn writes_become_reports_through_outbox_sqs_and_the_consumer() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 
-    wait_metric(&mesh, &admin, "reservations_committed", 1.0).await;
-    assert_eq!(today_metric(&mesh, &admin, "units_committed").await, 2.0);
-    assert_eq!(
-        today_metric(&mesh, &admin, "reservations_created").await,
-        2.0
-    );
-    assert_eq!(today_metric(&mesh, &admin, "product_views").await, 4.0);
-    assert_eq!(today_metric(&mesh, &admin, "page_views").await, 1.0);
-    assert_eq!(today_metric(&mesh, &admin, "searches").await, 1.0);
-    assert_eq!(today_metric(&mesh, &admin, "active_users").await, 2.0);
+    // Ana writes to bob in chat.
+    let room = mesh
+        .post(
+            "/api/v1/chat/rooms",
+            Some(&ana),
+            json!({"name": "deal", "memberIds": [bob_id]}),
+        )
+        .await;
+    assert_eq!(room.status, StatusCode::OK, "{:?}", room.body);
+    let room = room.body["id"].as_str().expect("room").to_owned();
+    let r = mesh
+        .post(
+            &format!("/api/v1/chat/rooms/{room}/messages"),
+            Some(&ana),
+            json!({"body": "the lamp is great", "clientId": "c1"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+
+    // Events arrive in any order: wait for each count.
+    for (metric, want) in [
+        ("reservations_committed", 1.0),
+        ("messages_sent", 1.0),
+        ("units_committed", 2.0),
+        ("reservations_created", 2.0),
+        ("product_views", 4.0),
+        ("page_views", 1.0),
+        ("searches", 1.0),
+        ("active_users", 2.0),
+    ] {
+        wait_metric(&mesh, &admin, metric, want).await;
+    }
     let day = today();
     let revenue = mesh
         .get(
@@ -230,9 +252,16 @@ async fn writes_become_reports_through_outbox_sqs_and_the_consumer() {
             &ana_today["pageViews"],
             &ana_today["productViews"],
             &ana_today["searches"],
-            &ana_today["purchases"]
+            &ana_today["purchases"],
+            &ana_today["messages"]
         ),
-        (&json!("1"), &json!("1"), &json!("1"), &json!("1"))
+        (
+            &json!("1"),
+            &json!("1"),
+            &json!("1"),
+            &json!("1"),
+            &json!("1")
+        )
     );
     assert!(behavior.body["signedUpAt"].is_string());
 
@@ -650,7 +679,8 @@ async fn demand_forecasts_follow_the_committed_series() {
     if skip_without_sqs() {
         return;
     }
-    let mesh = spawn_mesh().await;
+    // No daily rebuild may replace the constructed series meanwhile.
+    let mesh = spawn_mesh_with(|c| c.analytics.jobs = false).await;
     let (_, admin) = mesh.admin().await;
     let product = uuid::Uuid::now_v7().to_string();
     // Units sold per day over the last 20 whole days: 10, 12, … 48.

@@ -393,6 +393,30 @@ async fn errors_mark_spans_and_bodies_name_the_request_and_trace() {
     mesh.stop().await;
 }
 
+/// Creates a product through `edge` as part of the trace `trace_id`.
+async fn traced_product(
+    mesh: &TestMesh,
+    edge: &AgoraProcess,
+    staff: &str,
+    category: &str,
+    trace_id: &str,
+    sku: &str,
+) {
+    let resp = mesh
+        .http
+        .post(edge.url("/api/v1/products"))
+        .bearer_auth(staff)
+        .header("traceparent", format!("00-{trace_id}-051581bf3cb55c13-01"))
+        .json(&json!({
+            "sku": sku, "name": format!("Lamp {sku}"), "description": "", "categoryId": category,
+            "price": {"currency": "EUR", "amountMinor": "1000"}
+        }))
+        .send()
+        .await
+        .expect("edge answers");
+    assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.text().await);
+}
+
 #[tokio::test]
 async fn outbox_rows_carry_the_trace_of_the_write() {
     let (_collector, otlp) = Collector::start().await;
@@ -402,19 +426,7 @@ async fn outbox_rows_carry_the_trace_of_the_write() {
     let (_catalog, edge) = traced_edge_and_catalog(&mesh, otlp).await;
 
     let trace_id = "5b8aa5a2d2c872e8321cf37308d69df2";
-    let resp = mesh
-        .http
-        .post(edge.url("/api/v1/products"))
-        .bearer_auth(&staff)
-        .header("traceparent", format!("00-{trace_id}-051581bf3cb55c13-01"))
-        .json(&json!({
-            "sku": "OUTBOX-1", "name": "Outboxed lamp", "description": "", "categoryId": category,
-            "price": {"currency": "EUR", "amountMinor": "1000"}
-        }))
-        .send()
-        .await
-        .expect("edge answers");
-    assert_eq!(resp.status(), StatusCode::OK, "{:?}", resp.text().await);
+    traced_product(&mesh, &edge, &staff, &category, trace_id, "OUTBOX-1").await;
 
     let pool = sqlx::PgPool::connect(&mesh.database.url).await.expect("db");
     let rows: Vec<Option<String>> = sqlx::query_scalar(
@@ -429,6 +441,55 @@ async fn outbox_rows_carry_the_trace_of_the_write() {
         "the event continues the write's trace: {traceparent:?}"
     );
     pool.close().await;
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumed_event_continues_the_trace_of_its_write() {
+    if std::env::var("AWS_ENDPOINT_URL_SQS").is_err() {
+        eprintln!("AWS_ENDPOINT_URL_SQS is not set; run through scripts/test.sh");
+        return;
+    }
+    let (collector, otlp) = Collector::start().await;
+    // Only the traced processes below publish and consume events.
+    let mesh = spawn_mesh_with(|c| c.events.queue = String::new()).await;
+    let staff = staff(&mesh).await;
+    let category = category(&mesh, &staff, "consumed", None).await;
+    let queue = format!("{}-traced", mesh.db_name);
+    let mut env = otel_env(otlp);
+    env.push(("AGORA_EVENTS_QUEUE", queue));
+    env.push(("AGORA_OUTBOX_POLL_MS", "50".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let catalog = mesh.spawn_process("catalog", free_port(), &env).await;
+    let catalog_url = catalog.grpc_url();
+    let mut edge_env = env.clone();
+    edge_env.push(("AGORA_EDGE_CATALOG_URL", &catalog_url));
+    let edge = mesh.spawn_process("edge", free_port(), &edge_env).await;
+    let _analytics = mesh.spawn_process("analytics", free_port(), &env).await;
+
+    let trace_id = "7c0dd3a2d2c872e8321cf37308d69df2";
+    traced_product(&mesh, &edge, &staff, &category, trace_id, "TRACED-1").await;
+
+    let spans = collector
+        .trace(trace_id, |spans| {
+            find(spans, |s| {
+                s.service == "agora-analytics" && s.span.name == "process event"
+            })
+            .is_some()
+        })
+        .await;
+    let consumed = find(&spans, |s| {
+        s.service == "agora-analytics" && s.span.name == "process event"
+    })
+    .expect("consumer span");
+    assert_eq!(consumed.span.kind, SpanKind::Consumer as i32);
+    assert_eq!(
+        consumed.attr("event.type").as_deref(),
+        Some("catalog.product_created")
+    );
+    // Its parent is a span of the write, in the catalog.
+    let parent = find(&spans, |s| s.span.span_id == consumed.span.parent_span_id).expect("parent");
+    assert_eq!(parent.service, "agora-catalog");
     mesh.stop().await;
 }
 

@@ -2,14 +2,20 @@
 //! `concurrency` messages at once, extends the visibility of slow ones, and
 //! deletes a message only once its event is stored and counted.
 //!
-//! A message that fails comes back after a short delay (its receive count
-//! in seconds, at most a minute) and, after the queue's `maxReceiveCount`
-//! receives, SQS moves it to the dead-letter queue; each failure is logged
-//! with its reason. On shutdown the consumer stops receiving while the
+//! A message that cannot be counted (malformed, or naming no user) comes
+//! back after a short delay (its receive count in seconds) and, after the
+//! queue's `maxReceiveCount` receives, SQS moves it to the dead-letter
+//! queue. When a store fails instead (MongoDB or PostgreSQL down), the
+//! message waits longer (5 s doubling per receive, at most 15 minutes) and
+//! the consumer stops receiving for a while, so an outage spends few
+//! receives. Each failure is logged with its reason. On shutdown the consumer stops receiving while the
 //! process drains, lets in-flight messages finish, and makes those still
 //! running at the end of the grace period visible again at once.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use chrono::Utc;
@@ -36,6 +42,8 @@ pub struct Consumer {
     queue: Queue,
     store: Store,
     config: ConsumerConfig,
+    /// No receiving before this: a store failed.
+    paused_until: Mutex<Option<Instant>>,
 }
 
 impl Consumer {
@@ -44,6 +52,7 @@ impl Consumer {
             queue,
             store,
             config,
+            paused_until: Mutex::new(None),
         }
     }
 
@@ -61,6 +70,20 @@ impl Consumer {
                     Err(_) => break,
                 },
             };
+            let pause = this
+                .paused_until
+                .lock()
+                .ok()
+                .and_then(|p| *p)
+                .map(|until| until.saturating_duration_since(Instant::now()))
+                .filter(|d| !d.is_zero());
+            if let Some(pause) = pause {
+                drop(first);
+                tokio::select! {
+                    () = shutdown.draining() => break,
+                    () = tokio::time::sleep(pause) => continue,
+                }
+            }
             let room = (1 + permits.available_permits()).min(10) as i32;
             let received = tokio::select! {
                 () = shutdown.draining() => break,
@@ -149,8 +172,8 @@ impl Consumer {
             messaging.operation = "process",
             messaging.destination.name = self.queue.name(),
             messaging.message.id = message.message_id().unwrap_or_default(),
-            event.id = attribute("event_id"),
-            event.r#type = event_type.as_str(),
+            "event.id" = attribute("event_id"),
+            "event.type" = event_type.as_str(),
         );
         agora_kit::trace::set_remote_parent(&span, &attribute("traceparent"));
         let body = message.body().unwrap_or_default();
@@ -196,7 +219,18 @@ impl Consumer {
                     max_receives = self.config.max_receives,
                     "event not processed; it returns, and moves to the dead-letter queue after the last receive"
                 );
-                let retry = Duration::from_secs(u64::from(receives).min(60));
+                let retry = match e {
+                    RecordError::Invalid(_) => Duration::from_secs(u64::from(receives).min(60)),
+                    // A store is failing: wait, and let others wait too.
+                    _ => {
+                        let backoff =
+                            Duration::from_secs(5 << receives.min(8)).min(Duration::from_secs(900));
+                        if let Ok(mut paused) = self.paused_until.lock() {
+                            *paused = Some(Instant::now() + backoff.min(Duration::from_secs(30)));
+                        }
+                        backoff
+                    }
+                };
                 self.set_visibility(&receipt, retry).await;
             }
             None => self.set_visibility(&receipt, Duration::ZERO).await,

@@ -204,7 +204,7 @@ impl AnalyticsComponent {
         config.validate()?;
         let store = connect(&config, db).await?;
         let queue = if events.enabled() {
-            let queue = Queue::new(events).await;
+            let queue = Queue::with_long_polls(events, config.wait).await;
             // Made now when missing, so producers' first events have a
             // place to go; a failure is retried by the consumer.
             if let Err(e) = queue.url().await {

@@ -20,6 +20,7 @@ pub const DAILY_METRICS: &[(&str, &str)] = &[
     ("reservations_committed", "reservations bought"),
     ("units_committed", "units sold"),
     ("revenue", "revenue in minor units, one series per currency"),
+    ("messages_sent", "chat messages posted"),
 ];
 
 /// Client event types IngestEvents accepts.
@@ -207,6 +208,17 @@ pub fn effects(envelope: &Envelope) -> Result<Effects, String> {
                     },
                 ));
             }
+        }
+        Payload::MessageSent(m) => {
+            fx.increments
+                .push(Increment::plain("chat", "messages_sent", 1.0));
+            fx.behavior = Some((
+                user(&m.sender_id, "senderId")?,
+                Behavior {
+                    messages: 1,
+                    ..Behavior::default()
+                },
+            ));
         }
         Payload::ReservationReleased(_) => {
             fx.increments

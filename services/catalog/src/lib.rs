@@ -33,7 +33,7 @@ use agora_kit::{
     db::DatabaseConfig,
     events::EventsConfig,
     jwks::RemoteAuthenticator,
-    outbox::Relay,
+    outbox::{PgOutbox, Relay},
     shutdown::Shutdown,
 };
 use agora_proto::catalog::v1::catalog_service_server::CatalogServiceServer;
@@ -166,7 +166,8 @@ impl CatalogComponent {
     ) -> anyhow::Result<Self> {
         config.validate()?;
         let store = connect(db).await?;
-        let relay = Relay::for_service(store.pool().clone(), store::OUTBOX.source, events).await;
+        let relay =
+            Relay::for_service(PgOutbox(store.pool().clone()), store::OUTBOX.source, events).await;
         let cache = if config.redis_url.is_empty() {
             ProductCache::disabled()
         } else {

@@ -10,11 +10,14 @@
 //!   notifications.
 //! - [`store`]: the MongoDB collections.
 //! - [`crypto`]: AES-256-GCM sealing of message bodies, key rotation.
+//! - [`events`]: `chat.message_sent` events, kept in their messages until
+//!   published.
 //! - [`files`]: attachments in S3-compatible storage, presigned URLs.
 //! - [`hub`]: local streams, Redis fan-out, presence, catch-up.
 
 pub mod api;
 pub mod crypto;
+pub mod events;
 pub mod files;
 pub mod hub;
 pub mod rooms;
@@ -27,7 +30,9 @@ use agora_kit::{
     auth::AuthLayer,
     balance::Balanced,
     config::{ConfigError, Env},
+    events::EventsConfig,
     jwks::RemoteAuthenticator,
+    outbox::Relay,
     redis::SharedRedis,
     shutdown::Shutdown,
 };
@@ -257,15 +262,22 @@ impl hub::CatchUp for StoreCatchUp {
 /// The chat service, built and bound, not yet serving.
 pub struct ChatComponent {
     listener: TcpListener,
+    relay: Option<Relay>,
     chat: Chat,
     auth: AuthLayer,
     config: ChatConfig,
 }
 
 impl ChatComponent {
-    pub async fn build(config: ChatConfig) -> anyhow::Result<Self> {
+    pub async fn build(config: ChatConfig, events: &EventsConfig) -> anyhow::Result<Self> {
         config.validate()?;
         let store = Store::connect(&config.mongodb_uri).await?;
+        let relay = Relay::for_service(
+            events::MessageEvents::new(store.messages.clone()),
+            events::SOURCE,
+            events,
+        )
+        .await;
         let keys = match config.keyring()? {
             Some(keys) => keys,
             None => {
@@ -314,6 +326,7 @@ impl ChatComponent {
             .with_context(|| format!("AGORA_CHAT_ADDR: cannot listen on {}", config.addr))?;
         Ok(Self {
             listener,
+            relay,
             chat: Chat {
                 writer: store::MessageWriter::start(store.messages.clone()),
                 activity: Arc::default(),
@@ -336,8 +349,10 @@ impl ChatComponent {
         self.listener.local_addr()
     }
 
-    /// Serves, and listens to the other replicas, until `shutdown` stops.
+    /// Serves, listens to the other replicas and publishes message events,
+    /// until `shutdown` stops.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let relay = Relay::spawn(self.relay, shutdown.clone());
         let fanout = tokio::spawn(self.chat.hub.clone().run(
             self.config.redis_url.clone(),
             Arc::new(StoreCatchUp(self.chat.clone())),
@@ -355,6 +370,9 @@ impl ChatComponent {
         )
         .await;
         fanout.abort();
+        if let Some(relay) = relay {
+            relay.abort();
+        }
         served
     }
 }

@@ -861,6 +861,8 @@ impl Chat {
             edited_at: 0,
             updated_at: now,
             deleted_at: 0,
+            event_id: Some(Uuid::now_v7().to_string()),
+            event_traceparent: agora_kit::trace::current_traceparent(),
         };
         match self.writer.write(doc.clone()).await {
             Ok(Written::Stored) => {}

@@ -90,6 +90,14 @@ pub struct MessageDoc {
     pub updated_at: Millis,
     /// When it was deleted; 0 while it is not.
     pub deleted_at: Millis,
+    /// The id of its `chat.message_sent` event while the event waits to be
+    /// published: message and event are one document, written at once
+    /// (see [`crate::events`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// The `traceparent` of the call that posted it, for its event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_traceparent: Option<String>,
 }
 
 impl MessageDoc {
@@ -208,6 +216,15 @@ impl Store {
             .await?;
         self.messages
             .create_index(IndexModel::builder().keys(doc! {"room_id": 1}).build())
+            .await?;
+        // Only messages whose event waits carry `event_id`.
+        self.messages
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! {"event_id": 1})
+                    .options(IndexOptions::builder().sparse(true).build())
+                    .build(),
+            )
             .await?;
         self.messages
             .create_index(

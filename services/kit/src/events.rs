@@ -26,7 +26,7 @@ pub struct EventsConfig {
     /// queue named `<queue>-dlq`.
     pub queue: String,
     /// Receives after which a message that keeps failing moves to the
-    /// dead-letter queue (`AGORA_EVENTS_MAX_RECEIVES`, default 5); applied
+    /// dead-letter queue (`AGORA_EVENTS_MAX_RECEIVES`, default 10); applied
     /// when the queue is created.
     pub max_receives: u32,
     /// How often a relay looks for unsent outbox rows when it has found
@@ -47,7 +47,7 @@ impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             queue: "agora-events".into(),
-            max_receives: 5,
+            max_receives: 10,
             poll_interval: Duration::from_millis(200),
             outbox_retention: Duration::from_secs(7 * 24 * 3600),
             timeout: Duration::from_secs(5),
@@ -118,9 +118,14 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// A client whose calls give up after `timeout` (a long poll adds its
-    /// wait to that).
+    /// A client whose calls give up after the configured timeout.
     pub async fn new(config: &EventsConfig) -> Self {
+        Self::with_long_polls(config, Duration::ZERO).await
+    }
+
+    /// A client for a consumer whose long polls wait up to `wait`: each call
+    /// may take that much longer.
+    pub async fn with_long_polls(config: &EventsConfig, wait: Duration) -> Self {
         let region = aws_config::meta::region::RegionProviderChain::default_provider()
             .or_else(aws_config::Region::new("us-east-1"));
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -128,7 +133,7 @@ impl Queue {
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .connect_timeout(config.timeout)
-                    .operation_attempt_timeout(config.timeout + LONG_POLL)
+                    .operation_attempt_timeout(config.timeout + wait)
                     .build(),
             )
             .load()

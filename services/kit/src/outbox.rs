@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -68,35 +69,122 @@ async fn append(
 }
 
 /// The most messages one SendMessageBatch call carries.
-const BATCH: i64 = 10;
+pub const BATCH: usize = 10;
 /// How often sent rows older than the retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How often the lag gauge is refreshed.
 const LAG_EVERY: Duration = Duration::from_secs(1);
 
-/// Publishes a service's outbox to the event queue, oldest rows first.
-///
-/// Several replicas relay the same table side by side: each claims a batch
-/// with `FOR UPDATE SKIP LOCKED`, so no row is published by two at once. A
-/// row is marked sent only after SQS accepted it; while SQS is unreachable
-/// rows wait, and the relay retries with exponential backoff (100 ms to
-/// 30 s). A crash between SQS accepting a batch and the mark leaves the
-/// rows unsent, so they go again: consumers deduplicate by event id.
-///
-/// Metrics: `outbox_lag_seconds{service}` (age of the oldest unsent row),
-/// `outbox_published_total{service}`, `outbox_publish_failures_total{service}`.
-pub struct Relay {
-    pool: PgPool,
+/// Where a service's unsent events wait: a PostgreSQL `outbox` table
+/// ([`PgOutbox`]), or documents that carry their own pending event (chat's
+/// messages in MongoDB).
+pub trait Store: Send + Sync + 'static {
+    /// Claims up to [`BATCH`] unsent events (so that no other replica sends
+    /// them meanwhile), sends them with [`send`], and marks those SQS
+    /// accepted as sent; returns how many it claimed.
+    fn publish_batch<'a>(&'a self, relay: &'a Sender) -> BoxFuture<'a, Result<usize, RelayError>>;
+    /// Age in seconds of the oldest unsent event (0 when none).
+    fn lag_seconds(&self) -> BoxFuture<'_, Result<f64, RelayError>>;
+    /// Forgets sent events older than `keep`.
+    fn prune(&self, keep: Duration) -> BoxFuture<'_, Result<u64, RelayError>>;
+}
+
+/// One event to send.
+pub struct Pending<'a> {
+    pub id: Uuid,
+    /// `<source>.<payload field>`.
+    pub event_type: &'a str,
+    pub aggregate_id: &'a str,
+    /// The payload's proto3 JSON.
+    pub payload: &'a serde_json::Value,
+    pub traceparent: Option<&'a str>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// What a relay's store sends through: the queue and the publishing
+/// service's name.
+pub struct Sender {
     queue: Queue,
     service: &'static str,
+}
+
+impl Sender {
+    /// Sends up to [`BATCH`] events in one call; returns the indexes of
+    /// `events` SQS accepted. Events it refused are an error after the
+    /// accepted ones are returned through `accepted`.
+    pub async fn send(
+        &self,
+        events: &[Pending<'_>],
+        accepted: &mut Vec<usize>,
+    ) -> Result<(), RelayError> {
+        let entries = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| entry(i, self.service, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let url = self.queue.url().await?;
+        let out = match self
+            .queue
+            .client
+            .send_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(QueueError::from_sdk)
+        {
+            Ok(out) => out,
+            Err(QueueError::Missing) => {
+                // Deleted under us: the next attempt recreates it.
+                self.queue.forget().await;
+                return Err(QueueError::Missing.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        accepted.extend(
+            out.successful()
+                .iter()
+                .filter_map(|e| e.id().parse::<usize>().ok())
+                .filter(|i| *i < events.len()),
+        );
+        metrics::counter!("outbox_published_total", "service" => self.service)
+            .increment(accepted.len() as u64);
+        match out.failed().first() {
+            Some(failed) => Err(RelayError::Refused(format!(
+                "{} of {} events refused: {} {}",
+                out.failed().len(),
+                events.len(),
+                failed.code(),
+                failed.message().unwrap_or_default()
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Publishes a service's unsent events to the event queue, oldest first.
+///
+/// Several replicas relay the same store side by side; each claims what it
+/// sends, so no event is published by two at once. An event is marked sent
+/// only after SQS accepted it; while SQS is unreachable events wait, and
+/// the relay retries with exponential backoff (100 ms to 30 s). A crash
+/// between SQS accepting a batch and the mark leaves the events unsent, so
+/// they go again: consumers deduplicate by event id.
+///
+/// Metrics: `outbox_lag_seconds{service}` (age of the oldest unsent event),
+/// `outbox_published_total{service}`, `outbox_publish_failures_total{service}`.
+pub struct Relay {
+    store: Box<dyn Store>,
+    sender: Sender,
     poll: Duration,
     retention: Duration,
 }
 
 impl Relay {
-    /// The relay of `service`'s outbox, or `None` when the bus is off.
+    /// The relay of `service`'s events waiting in `store`, or `None` when
+    /// the bus is off.
     pub async fn for_service(
-        pool: PgPool,
+        store: impl Store,
         service: &'static str,
         config: &EventsConfig,
     ) -> Option<Self> {
@@ -106,7 +194,15 @@ impl Relay {
             );
             return None;
         }
-        Some(Self::new(pool, Queue::new(config).await, service, config))
+        Some(Self {
+            store: Box::new(store),
+            sender: Sender {
+                queue: Queue::new(config).await,
+                service,
+            },
+            poll: config.poll_interval,
+            retention: config.outbox_retention,
+        })
     }
 
     /// Runs in the background until `shutdown` stops the process.
@@ -114,27 +210,18 @@ impl Relay {
         this.map(|relay| tokio::spawn(relay.run(shutdown)))
     }
 
-    pub fn new(pool: PgPool, queue: Queue, service: &'static str, config: &EventsConfig) -> Self {
-        Self {
-            pool,
-            queue,
-            service,
-            poll: config.poll_interval,
-            retention: config.outbox_retention,
-        }
-    }
-
     /// Runs until `shutdown` stops the process (it keeps publishing while
     /// the process drains, so the events of the last calls go out).
     pub async fn run(self, shutdown: Shutdown) {
+        let service = self.sender.service;
         let mut backoff = Duration::ZERO;
         let mut last_prune: Option<Instant> = None;
         let mut last_lag: Option<Instant> = None;
         loop {
-            let wait = match self.publish_batch().await {
+            let wait = match self.store.publish_batch(&self.sender).await {
                 Ok(n) => {
                     backoff = Duration::ZERO;
-                    if n == BATCH as usize {
+                    if n == BATCH {
                         Duration::ZERO
                     } else {
                         self.poll
@@ -143,23 +230,31 @@ impl Relay {
                 Err(e) => {
                     backoff =
                         (backoff * 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
-                    metrics::counter!("outbox_publish_failures_total", "service" => self.service)
+                    metrics::counter!("outbox_publish_failures_total", "service" => service)
                         .increment(1);
                     tracing::warn!(
                         error = %e,
                         retry_in_ms = backoff.as_millis() as u64,
-                        "cannot publish outbox events; they wait in the outbox"
+                        "cannot publish events; they wait in the outbox"
                     );
                     backoff.mul_f64(0.75 + fastrand::f64() / 2.0)
                 }
             };
             if last_lag.is_none_or(|t| t.elapsed() >= LAG_EVERY) {
                 last_lag = Some(Instant::now());
-                self.record_lag().await;
+                match self.store.lag_seconds().await {
+                    Ok(lag) => metrics::gauge!("outbox_lag_seconds", "service" => service)
+                        .set(lag.max(0.0)),
+                    Err(e) => tracing::debug!(error = %e, "cannot measure the outbox lag"),
+                }
             }
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(Instant::now());
-                self.prune().await;
+                match self.store.prune(self.retention).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "pruned sent outbox events"),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune the outbox"),
+                }
             }
             if !wait.is_zero() {
                 tokio::select! {
@@ -171,97 +266,73 @@ impl Relay {
             }
         }
     }
+}
 
-    /// Claims up to one batch of unsent rows, publishes them, and marks
-    /// those SQS accepted; returns how many rows it claimed.
-    pub async fn publish_batch(&self) -> Result<usize, RelayError> {
-        let mut tx = self.pool.begin().await?;
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT id, event_type, aggregate_id, payload, traceparent, created_at FROM outbox
-             WHERE published_at IS NULL ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(BATCH)
-        .fetch_all(&mut *tx)
-        .await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let entries = rows
-            .iter()
-            .enumerate()
-            .map(|(i, row)| row.entry(i, self.service))
-            .collect::<Result<Vec<_>, _>>()?;
-        let url = self.queue.url().await?;
-        let sent = self
-            .queue
-            .client
-            .send_message_batch()
-            .queue_url(url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .map_err(QueueError::from_sdk);
-        let out = match sent {
-            Ok(out) => out,
-            Err(QueueError::Missing) => {
-                // Deleted under us: the next attempt recreates it.
-                self.queue.forget().await;
-                return Err(QueueError::Missing.into());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let accepted: Vec<Uuid> = out
-            .successful()
-            .iter()
-            .filter_map(|e| e.id().parse::<usize>().ok())
-            .filter_map(|i| rows.get(i).map(|r| r.id))
-            .collect();
-        sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-            .bind(&accepted)
-            .execute(&mut *tx)
+/// A service's `outbox` table in its PostgreSQL schema. A batch is claimed
+/// with `FOR UPDATE SKIP LOCKED` and marked in the same transaction.
+#[derive(Clone)]
+pub struct PgOutbox(pub PgPool);
+
+impl Store for PgOutbox {
+    fn publish_batch<'a>(&'a self, sender: &'a Sender) -> BoxFuture<'a, Result<usize, RelayError>> {
+        Box::pin(async move {
+            let mut tx = self.0.begin().await?;
+            let rows: Vec<OutboxRow> = sqlx::query_as(
+                "SELECT id, event_type, aggregate_id, payload, traceparent, created_at FROM outbox
+                 WHERE published_at IS NULL ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(BATCH as i64)
+            .fetch_all(&mut *tx)
             .await?;
-        tx.commit().await?;
-        metrics::counter!("outbox_published_total", "service" => self.service)
-            .increment(accepted.len() as u64);
-        if let Some(failed) = out.failed().first() {
-            return Err(RelayError::Refused(format!(
-                "{} of {} events refused: {} {}",
-                out.failed().len(),
-                rows.len(),
-                failed.code(),
-                failed.message().unwrap_or_default()
-            )));
-        }
-        Ok(rows.len())
-    }
-
-    async fn record_lag(&self) {
-        let oldest: Result<Option<f64>, _> = sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox WHERE published_at IS NULL",
-        )
-        .fetch_one(&self.pool)
-        .await;
-        match oldest {
-            Ok(lag) => metrics::gauge!("outbox_lag_seconds", "service" => self.service)
-                .set(lag.unwrap_or(0.0).max(0.0)),
-            Err(e) => tracing::debug!(error = %e, "cannot measure the outbox lag"),
-        }
-    }
-
-    async fn prune(&self) {
-        let pruned = sqlx::query(
-            "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)",
-        )
-        .bind(self.retention.as_secs_f64())
-        .execute(&self.pool)
-        .await;
-        match pruned {
-            Ok(done) if done.rows_affected() > 0 => {
-                tracing::info!(rows = done.rows_affected(), "pruned sent outbox rows")
+            if rows.is_empty() {
+                return Ok(0);
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot prune the outbox"),
-        }
+            let events: Vec<Pending<'_>> = rows
+                .iter()
+                .map(|r| Pending {
+                    id: r.id,
+                    event_type: &r.event_type,
+                    aggregate_id: &r.aggregate_id,
+                    payload: &r.payload,
+                    traceparent: r.traceparent.as_deref(),
+                    occurred_at: r.created_at,
+                })
+                .collect();
+            let mut accepted = Vec::with_capacity(rows.len());
+            let sent = sender.send(&events, &mut accepted).await;
+            let ids: Vec<Uuid> = accepted.iter().map(|i| rows[*i].id).collect();
+            if !ids.is_empty() {
+                sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            sent.map(|()| rows.len())
+        })
+    }
+
+    fn lag_seconds(&self) -> BoxFuture<'_, Result<f64, RelayError>> {
+        Box::pin(async move {
+            let oldest: Option<f64> = sqlx::query_scalar(
+                "SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox WHERE published_at IS NULL",
+            )
+            .fetch_one(&self.0)
+            .await?;
+            Ok(oldest.unwrap_or(0.0))
+        })
+    }
+
+    fn prune(&self, keep: Duration) -> BoxFuture<'_, Result<u64, RelayError>> {
+        Box::pin(async move {
+            Ok(sqlx::query(
+                "DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)",
+            )
+            .bind(keep.as_secs_f64())
+            .execute(&self.0)
+            .await?
+            .rows_affected())
+        })
     }
 }
 
@@ -275,54 +346,52 @@ struct OutboxRow {
     created_at: DateTime<Utc>,
 }
 
-impl OutboxRow {
-    /// The row as one SQS message: the envelope's proto3 JSON as the body,
-    /// and the fields consumers route and trace by as attributes.
-    fn entry(
-        &self,
-        index: usize,
-        source: &str,
-    ) -> Result<SendMessageBatchRequestEntry, RelayError> {
-        let field = self
-            .event_type
-            .split_once('.')
-            .map_or(self.event_type.as_str(), |(_, f)| f);
-        let mut body = serde_json::Map::with_capacity(8);
-        body.insert("id".into(), self.id.to_string().into());
-        body.insert("type".into(), self.event_type.clone().into());
-        body.insert("source".into(), source.into());
-        body.insert(
-            "occurredAt".into(),
-            self.created_at
-                .to_rfc3339_opts(SecondsFormat::Micros, true)
-                .into(),
-        );
-        if let Some(tp) = &self.traceparent {
-            body.insert("traceparent".into(), tp.clone().into());
-        }
-        body.insert("schemaVersion".into(), SCHEMA_VERSION.into());
-        body.insert("aggregateId".into(), self.aggregate_id.clone().into());
-        body.insert(field.to_owned(), self.payload.clone());
-        let attr = |v: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(v)
-                .build()
-        };
-        let id = self.id.to_string();
-        let version = SCHEMA_VERSION.to_string();
-        let mut entry = SendMessageBatchRequestEntry::builder()
-            .id(index.to_string())
-            .message_body(serde_json::Value::Object(body).to_string())
-            .message_attributes("event_id", attr(&id)?)
-            .message_attributes("event_type", attr(&self.event_type)?)
-            .message_attributes("source", attr(source)?)
-            .message_attributes("schema_version", attr(&version)?);
-        if let Some(tp) = &self.traceparent {
-            entry = entry.message_attributes("traceparent", attr(tp)?);
-        }
-        Ok(entry.build()?)
+/// An event as one SQS message: the envelope's proto3 JSON as the body,
+/// and the fields consumers route and trace by as attributes.
+fn entry(
+    index: usize,
+    source: &str,
+    e: &Pending<'_>,
+) -> Result<SendMessageBatchRequestEntry, RelayError> {
+    let field = e
+        .event_type
+        .split_once('.')
+        .map_or(e.event_type, |(_, f)| f);
+    let mut body = serde_json::Map::with_capacity(8);
+    body.insert("id".into(), e.id.to_string().into());
+    body.insert("type".into(), e.event_type.into());
+    body.insert("source".into(), source.into());
+    body.insert(
+        "occurredAt".into(),
+        e.occurred_at
+            .to_rfc3339_opts(SecondsFormat::Micros, true)
+            .into(),
+    );
+    if let Some(tp) = e.traceparent {
+        body.insert("traceparent".into(), tp.into());
     }
+    body.insert("schemaVersion".into(), SCHEMA_VERSION.into());
+    body.insert("aggregateId".into(), e.aggregate_id.into());
+    body.insert(field.to_owned(), e.payload.clone());
+    let attr = |v: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+    };
+    let id = e.id.to_string();
+    let version = SCHEMA_VERSION.to_string();
+    let mut entry = SendMessageBatchRequestEntry::builder()
+        .id(index.to_string())
+        .message_body(serde_json::Value::Object(body).to_string())
+        .message_attributes("event_id", attr(&id)?)
+        .message_attributes("event_type", attr(e.event_type)?)
+        .message_attributes("source", attr(source)?)
+        .message_attributes("schema_version", attr(&version)?);
+    if let Some(tp) = e.traceparent {
+        entry = entry.message_attributes("traceparent", attr(tp)?);
+    }
+    Ok(entry.build()?)
 }
 
 /// Why a batch did not go out.
@@ -330,6 +399,8 @@ impl OutboxRow {
 pub enum RelayError {
     #[error("PostgreSQL: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Store(String),
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("{0}")]

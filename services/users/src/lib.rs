@@ -28,7 +28,7 @@ use agora_kit::{
     config::{ConfigError, Env},
     db::DatabaseConfig,
     events::EventsConfig,
-    outbox::Relay,
+    outbox::{PgOutbox, Relay},
     shutdown::Shutdown,
 };
 use agora_proto::users::v1::users_service_server::UsersServiceServer;
@@ -285,7 +285,8 @@ impl UsersComponent {
         }
         let keys = Arc::new(keys);
         let store = connect(db).await?;
-        let relay = Relay::for_service(store.pool().clone(), store::OUTBOX.source, events).await;
+        let relay =
+            Relay::for_service(PgOutbox(store.pool().clone()), store::OUTBOX.source, events).await;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("AGORA_USERS_ADDR: cannot listen on {}", config.addr))?;
