@@ -3,7 +3,7 @@
 //!
 //! ```sh
 //! cargo bench --bench events                       # needs an SQS server (scripts/test.sh starts one on 4566)
-//! BENCH_EVENTS=50000 BENCH_RATE=500 BENCH_SECONDS=30 cargo bench --bench events
+//! BENCH_EVENTS=20000 BENCH_RATE=500 BENCH_SECONDS=30 cargo bench --bench events   # against real SQS
 //! ```
 //!
 //! It starts the release `agora serve` (every target in one process) with a
@@ -16,7 +16,8 @@
 //!   reach the rollups;
 //! - steady: `BENCH_RATE` events per second for `BENCH_SECONDS`, and the
 //!   lag of each from its outbox row to its count in `processed_events`
-//!   (p50, p99, max), with the largest outbox backlog seen.
+//!   (p50, p99, max), with the largest outbox backlog seen and the CPU the
+//!   `agora` process spent per event (relay, consumer and rollups).
 
 mod common;
 
@@ -48,6 +49,22 @@ async fn write_events(db: &mut PgConnection, n: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces): utime is the 12th,
+    // stime the 13th; in clock ticks of 1/100 s.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("no stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .context("short stat")?
+        .iter()
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    Ok(ticks as f64 / 100.0)
+}
+
 async fn processed(db: &mut PgConnection) -> anyhow::Result<i64> {
     Ok(
         sqlx::query_scalar("SELECT count(*) FROM analytics.processed_events")
@@ -72,8 +89,8 @@ async fn wait_processed(db: &mut PgConnection, want: i64, limit: Duration) -> an
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let burst = env_or("BENCH_EVENTS", 20_000) as i64;
-    let rate = env_or("BENCH_RATE", 200);
+    let burst = env_or("BENCH_EVENTS", 2_000) as i64;
+    let rate = env_or("BENCH_RATE", 150);
     let seconds = env_or("BENCH_SECONDS", 20);
     let db_url = std::env::var("BENCH_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/agora_bench_events".into());
@@ -118,7 +135,8 @@ async fn main() -> anyhow::Result<()> {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let _mesh = Process(serve.spawn().context("cannot start agora")?);
+    let mesh = Process(serve.spawn().context("cannot start agora")?);
+    let pid = mesh.0.id();
     let edge = format!("http://127.0.0.1:{}", ports[0]);
     wait_healthy(&edge).await?;
     let mut db = PgConnection::connect(&db_url).await?;
@@ -150,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
     let mut written = 0i64;
     let mut backlog_max = 0i64;
     let steady_from = chrono::Utc::now();
+    let cpu_before = cpu_seconds(pid)?;
     for _ in 0..ticks {
         tick.tick().await;
         owed += per_tick;
@@ -164,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
         backlog_max = backlog_max.max(backlog);
     }
     wait_processed(&mut db, burst + written, Duration::from_secs(120)).await?;
+    let cpu = cpu_seconds(pid)? - cpu_before;
     let (p50, p99, max): (f64, f64, f64) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), max(lag)
          FROM (SELECT EXTRACT(EPOCH FROM p.processed_at - o.created_at)::float8 * 1000 AS lag
@@ -174,7 +194,8 @@ async fn main() -> anyhow::Result<()> {
     .fetch_one(&mut db)
     .await?;
     println!(
-        "steady: {written} events at {rate}/s for {seconds} s: lag from outbox to rollup p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; largest outbox backlog {backlog_max}"
+        "steady: {written} events at {rate}/s for {seconds} s: lag from outbox to rollup p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; largest outbox backlog {backlog_max}; agora used {:.2} ms of CPU per event",
+        cpu * 1000.0 / written as f64
     );
     Ok(())
 }

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use chrono::Utc;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tracing::Instrument as _;
@@ -57,6 +57,9 @@ impl Consumer {
     }
 
     pub async fn run(self, shutdown: Shutdown) {
+        // Processed messages are deleted in batches: one call per ten.
+        let (deletes, pending) = tokio::sync::mpsc::channel(self.config.concurrency * 4);
+        let deleter = tokio::spawn(delete_in_batches(self.queue.clone(), pending));
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
         let this = Arc::new(self);
         let mut tasks = JoinSet::new();
@@ -118,8 +121,9 @@ impl Consumer {
                 };
                 let this = this.clone();
                 let shutdown = shutdown.clone();
+                let deletes = deletes.clone();
                 tasks.spawn(async move {
-                    this.handle(message, shutdown).await;
+                    this.handle(message, shutdown, deletes).await;
                     drop(permit);
                 });
             }
@@ -127,6 +131,8 @@ impl Consumer {
         // Draining: what is in flight finishes; at the end of the grace
         // period each unfinished message is handed back (see `handle`).
         while tasks.join_next().await.is_some() {}
+        drop(deletes);
+        let _ = deleter.await;
     }
 
     async fn receive(&self, max: i32) -> Result<Vec<Message>, QueueError> {
@@ -147,7 +153,12 @@ impl Consumer {
         Ok(out.messages.unwrap_or_default())
     }
 
-    async fn handle(&self, message: Message, shutdown: Shutdown) {
+    async fn handle(
+        &self,
+        message: Message,
+        shutdown: Shutdown,
+        deletes: tokio::sync::mpsc::Sender<String>,
+    ) {
         let Some(receipt) = message.receipt_handle().map(str::to_owned) else {
             return;
         };
@@ -207,7 +218,8 @@ impl Consumer {
                 let outcome = if counted { "counted" } else { "duplicate" };
                 metrics::counter!("analytics_events_consumed_total", "outcome" => outcome)
                     .increment(1);
-                self.delete(&receipt).await;
+                // The deleter stops only after every handler ended.
+                let _ = deletes.send(receipt).await;
             }
             Some(Err(e)) => {
                 metrics::counter!("analytics_events_consumed_total", "outcome" => "failed")
@@ -254,22 +266,52 @@ impl Consumer {
             tracing::debug!(error = %QueueError::from_sdk(e), "cannot change a message's visibility");
         }
     }
+}
 
-    async fn delete(&self, receipt: &str) {
-        let Ok(url) = self.queue.url().await else {
-            return;
+/// Deletes processed messages, up to ten per call, taking whatever is
+/// waiting (a lone message goes at once).
+async fn delete_in_batches(queue: Queue, mut pending: tokio::sync::mpsc::Receiver<String>) {
+    let mut batch: Vec<String> = Vec::with_capacity(10);
+    while let Some(first) = pending.recv().await {
+        batch.push(first);
+        while batch.len() < 10 {
+            match pending.try_recv() {
+                Ok(receipt) => batch.push(receipt),
+                Err(_) => break,
+            }
+        }
+        let entries = batch
+            .drain(..)
+            .enumerate()
+            .filter_map(|(i, receipt)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+                    .ok()
+            })
+            .collect::<Vec<_>>();
+        let Ok(url) = queue.url().await else {
+            continue;
         };
         // A failed delete means one more delivery, which counts nothing.
-        if let Err(e) = self
-            .queue
+        match queue
             .client
-            .delete_message()
+            .delete_message_batch()
             .queue_url(url)
-            .receipt_handle(receipt)
+            .set_entries(Some(entries))
             .send()
             .await
         {
-            tracing::warn!(error = %QueueError::from_sdk(e), "cannot delete a processed message; it will be seen again");
+            Ok(out) if !out.failed().is_empty() => tracing::warn!(
+                failed = out.failed().len(),
+                "cannot delete some processed messages; they will be seen again"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = %QueueError::from_sdk(e),
+                "cannot delete processed messages; they will be seen again"
+            ),
         }
     }
 }
