@@ -15,6 +15,12 @@ ROOT=$PWD
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
+# Decided before anything below sets AWS variables for local servers.
+sqs_configured=""
+if [ -n "${AWS_ENDPOINT_URL_SQS:-}" ] || [ -n "${AWS_ACCESS_KEY_ID:-}" ] || [ -f "$HOME/.aws/credentials" ]; then
+  sqs_configured=yes
+fi
+
 start_postgres_and_redis
 if [ -z "${MONGODB_URI:-}" ] && ! port_open 27017; then
   install_python_tools
@@ -30,10 +36,10 @@ if [ -z "${AWS_ENDPOINT_URL_S3:-}" ] && [ -z "${AGORA_CHAT_ATTACHMENTS_BUCKET:-}
   export AGORA_CHAT_ATTACHMENTS_BUCKET=agora-chat-attachments AGORA_CHAT_S3_PATH_STYLE=true
 fi
 # Events: the local SQS-compatible server unless SQS is configured.
-if [ -z "${AWS_ENDPOINT_URL_SQS:-}" ] && [ -z "${AWS_ACCESS_KEY_ID:-}" ] && [ ! -f "$HOME/.aws/credentials" ]; then
+if [ -z "$sqs_configured" ]; then
   install_python_tools
   start_moto 4566 || true
   export AWS_ENDPOINT_URL_SQS=http://127.0.0.1:4566 AWS_REGION=${AWS_REGION:-us-east-1}
-  export AWS_ACCESS_KEY_ID=dev AWS_SECRET_ACCESS_KEY=dev
+  export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-dev} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-dev}
 fi
 exec cargo run --release -- serve "$@"
