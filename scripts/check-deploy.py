@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Checks the deployment files offline, as the test command runs them:
+
+- renders helm/agora (the Helm SDK through helm-python-sdk, no helm binary)
+  with the default values and with every file in helm/agora/examples/,
+  checks the values against values.schema.json, and validates every
+  rendered object with kubernetes-validate --strict against KUBE_VERSION
+  (objects of the Prometheus operator's CRDs, which have no bundled schema,
+  are checked for their apiVersion, kind and spec only);
+- checks that an unknown value is refused by the schema.
+
+Exits non-zero naming each problem.
+"""
+import sys
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+KUBE_VERSION = "1.33.0"
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "agora"
+OPERATOR_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+
+problems = []
+
+
+def check_values(label, values):
+    chart = helm.Chart.load(CHART)
+    try:
+        chart.validate_schema(values)
+    except helm.HelmError as e:  # type: ignore[attr-defined]
+        problems.append(f"{label}: values refused by the schema: {e}")
+        return
+    manifests = chart.render(values, name="agora", namespace="agora", is_install=True)
+    kinds = {}
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if not doc:
+                continue
+            key = (doc.get("apiVersion"), doc.get("kind"))
+            name = doc.get("metadata", {}).get("name", "?")
+            kinds[key[1]] = kinds.get(key[1], 0) + 1
+            if key in OPERATOR_KINDS:
+                if not isinstance(doc.get("spec"), dict):
+                    problems.append(f"{label}: {path}: {key[1]} {name} has no spec")
+                continue
+            try:
+                kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                problems.append(f"{label}: {path}: {key[1]} {name}: {e.message} at {'.'.join(map(str, e.path))}")
+            except Exception as e:  # noqa: BLE001 - any other refusal is a problem too
+                problems.append(f"{label}: {path}: {key[1]} {name}: {e}")
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    print(f"helm/agora with {label}: {summary}")
+    return kinds
+
+
+def main():
+    default_kinds = check_values("default values", None)
+    for example in sorted((CHART / "examples").glob("*.yaml")):
+        values = yaml.safe_load(example.read_text())
+        check_values(f"examples/{example.name}", values)
+    # The chart's promises about its defaults.
+    if default_kinds is not None:
+        for kind, least in [("Deployment", 5), ("HorizontalPodAutoscaler", 4), ("PodDisruptionBudget", 5),
+                            ("NetworkPolicy", 5), ("Job", 1)]:
+            if default_kinds.get(kind, 0) < least:
+                problems.append(f"default values: expected at least {least} {kind}, got {default_kinds.get(kind, 0)}")
+    # The schema refuses what it does not know.
+    try:
+        helm.Chart.load(CHART).validate_schema({"targets": {"edge": {"replicas": "three"}}})
+        problems.append("the schema accepted targets.edge.replicas = 'three'")
+    except Exception:  # noqa: BLE001
+        pass
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        sys.exit(1)
+    print("deployment files are valid")
+
+
+main()
