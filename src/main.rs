@@ -42,6 +42,12 @@ enum Command {
     Migrate,
     /// List targets and what each depends on.
     Targets,
+    /// Exits 0 when `url` (plain HTTP) answers 200 within two seconds: a
+    /// health check for containers without a shell or curl (compose).
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:9090/readyz")]
+        url: String,
+    },
     /// Account administration.
     Users {
         #[command(subcommand)]
@@ -196,6 +202,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             .context("backfill failed")?;
             bar.finish();
             println!("rebuilt {days} days from {events} events ({from} to {to})");
+            Ok(())
+        }
+        Command::Probe { url } => {
+            let status = agora::probe::get(&url, std::time::Duration::from_secs(2)).await?;
+            anyhow::ensure!(status == 200, "{url} answered {status}");
             Ok(())
         }
         Command::Targets => {

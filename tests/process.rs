@@ -77,6 +77,34 @@ fn an_unknown_target_or_bad_setting_stops_at_start_naming_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("USER_SERVICE_URL"));
 }
 
+#[tokio::test]
+async fn probe_exits_zero_only_when_the_url_answers_200() {
+    let mesh = spawn_mesh().await;
+    // The mesh serves on this test's runtime: wait for the child without
+    // blocking it.
+    let probe = |url: String| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_agora"))
+            .args(["probe", &url])
+            .env("AGORA_LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .expect("runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = probe(format!("{}/readyz", mesh.admin)).await;
+    assert!(ok, "{err}");
+    let (ok, err) = probe(format!("{}/no-such-page", mesh.admin)).await;
+    assert!(!ok && err.contains("404"), "{err}");
+    let closed = free_port();
+    let (ok, err) = probe(format!("http://127.0.0.1:{closed}/readyz")).await;
+    assert!(!ok && err.contains("cannot connect"), "{err}");
+    mesh.stop().await;
+}
+
 #[test]
 fn sigterm_stops_a_serving_process_cleanly() {
     let mut child = agora()
