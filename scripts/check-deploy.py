@@ -7,7 +7,10 @@
   rendered object with kubernetes-validate --strict against KUBE_VERSION
   (objects of the Prometheus operator's CRDs, which have no bundled schema,
   are checked for their apiVersion, kind and spec only);
-- checks that an unknown value is refused by the schema.
+- checks that an unknown value is refused by the schema;
+- checks that every alert in files/alerts.yaml has a summary and a runbook
+  link to a section of docs/runbooks.md, and that every dashboard is JSON
+  with a uid and panels.
 
 Exits non-zero naming each problem.
 """
@@ -59,6 +62,29 @@ def check_values(label, values):
     return kinds
 
 
+def check_alerts_and_dashboards():
+    import json
+    import re
+
+    sections = {
+        re.sub(r"[^a-z0-9 -]", "", line[3:].strip().lower()).replace(" ", "-")
+        for line in (ROOT / "docs" / "runbooks.md").read_text().splitlines()
+        if line.startswith("## ")
+    }
+    rules = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    for a in alerts:
+        notes = a.get("annotations", {})
+        anchor = notes.get("runbook_url", "").rpartition("#")[2]
+        if not notes.get("summary") or anchor not in sections:
+            problems.append(f"alert {a['alert']}: needs a summary and a runbook_url to docs/runbooks.md#{a['alert'].lower()}")
+    for path in sorted((CHART / "files" / "dashboards").glob("*.json")):
+        board = json.loads(path.read_text())
+        if not board.get("uid") or not board.get("panels"):
+            problems.append(f"{path.name}: a dashboard needs a uid and panels")
+    print(f"{len(alerts)} alerts with runbooks, {len(list((CHART / 'files' / 'dashboards').glob('*.json')))} dashboards")
+
+
 def main():
     default_kinds = check_values("default values", None)
     for example in sorted((CHART / "examples").glob("*.yaml")):
@@ -76,6 +102,7 @@ def main():
         problems.append("the schema accepted targets.edge.replicas = 'three'")
     except Exception:  # noqa: BLE001
         pass
+    check_alerts_and_dashboards()
     if problems:
         print("\n".join(problems), file=sys.stderr)
         sys.exit(1)
