@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the deployment files offline, as the test command runs them:
 
-- renders helm/agora (the Helm SDK through helm-python-sdk, no helm binary)
+- lints helm/agora (strict: warnings fail) and renders it (the Helm SDK through helm-python-sdk, no helm binary)
   with the default values and with every file in helm/agora/examples/,
   checks the values against values.schema.json, and validates every
   rendered object with kubernetes-validate --strict against KUBE_VERSION
@@ -86,6 +86,11 @@ def check_alerts_and_dashboards():
 
 
 def main():
+    report = helm.lint(CHART, strict=True, kube_version=f"v{KUBE_VERSION}")
+    for m in report.get("messages", []):
+        if m.get("severity", 0) >= 2:
+            problems.append(f"helm lint: {m.get('path')}: {m.get('error')}")
+    problems.extend(f"helm lint: {e}" for e in report.get("errors", []))
     default_kinds = check_values("default values", None)
     for example in sorted((CHART / "examples").glob("*.yaml")):
         values = yaml.safe_load(example.read_text())
