@@ -794,3 +794,23 @@ async fn backfill_rebuilds_days_from_the_raw_events() {
     assert!(output.contains("retention"), "{output}");
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn sent_outbox_rows_are_pruned_after_the_retention() {
+    if skip_without_sqs() {
+        return;
+    }
+    let mesh = spawn_mesh_with(|c| c.events.outbox_retention = Duration::from_secs(1)).await;
+    let (_, admin) = mesh.admin().await;
+    wait_metric(&mesh, &admin, "signups", 1.0).await;
+    // Sent, counted, and then gone from the outbox.
+    eventually("the sent rows to be pruned", || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM users.outbox")
+            .fetch_one(&mut db(&mesh).await)
+            .await
+            .expect("count");
+        (left == 0).then_some(())
+    })
+    .await;
+    mesh.stop().await;
+}

@@ -326,3 +326,68 @@ pub fn decode_envelope(body: &str) -> Result<Envelope, String> {
 }
 
 pub use agora_proto::events::v1::{Envelope, envelope::Payload};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_and_errors_name_them() {
+        let mut config = EventsConfig::default();
+        config
+            .apply_env(&Env::from_pairs([
+                ("AGORA_EVENTS_QUEUE", "orders-events"),
+                ("AGORA_EVENTS_MAX_RECEIVES", "3"),
+                ("AGORA_OUTBOX_POLL_MS", "50"),
+                ("AGORA_OUTBOX_RETENTION_SECS", "60"),
+                ("AGORA_EVENTS_TIMEOUT_MS", "1500"),
+            ]))
+            .expect("valid");
+        assert_eq!(config.queue, "orders-events");
+        assert_eq!(config.max_receives, 3);
+        assert_eq!(config.poll_interval, Duration::from_millis(50));
+        assert_eq!(config.outbox_retention, Duration::from_secs(60));
+        assert_eq!(config.timeout, Duration::from_millis(1500));
+        for (name, value) in [
+            ("AGORA_EVENTS_QUEUE", "orders events"),
+            ("AGORA_EVENTS_MAX_RECEIVES", "0"),
+            ("AGORA_OUTBOX_POLL_MS", "0"),
+            ("AGORA_EVENTS_TIMEOUT_MS", "0"),
+        ] {
+            let err = EventsConfig::default()
+                .apply_env(&Env::from_pairs([(name, value)]))
+                .expect_err(name);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        let off = EventsConfig {
+            queue: String::new(),
+            ..EventsConfig::default()
+        };
+        assert!(!off.enabled() && off.validate().is_ok());
+    }
+
+    #[test]
+    fn envelopes_round_trip_and_strangers_are_refused() {
+        let envelope = Envelope {
+            id: "01a2185b-4165-769b-861c-78074ef42210".into(),
+            r#type: "users.password_changed".into(),
+            source: "users".into(),
+            payload: Some(Payload::PasswordChanged(
+                agora_proto::events::v1::PasswordChanged {
+                    user_id: "u1".into(),
+                },
+            )),
+            ..Envelope::default()
+        };
+        let json = encode_envelope(&envelope);
+        assert!(json.contains("\"passwordChanged\""), "{json}");
+        assert_eq!(decode_envelope(&json).expect("decodes"), envelope);
+        let (field, payload) = payload_json(envelope.payload.as_ref().expect("payload"));
+        assert_eq!(
+            (field.as_str(), payload["userId"].as_str()),
+            ("password_changed", Some("u1"))
+        );
+        assert!(decode_envelope(r#"{"id":"x","teleported":{}}"#).is_err());
+        assert!(decode_envelope("not json").is_err());
+    }
+}

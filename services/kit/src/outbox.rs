@@ -70,7 +70,8 @@ async fn append(
 
 /// The most messages one SendMessageBatch call carries.
 pub const BATCH: usize = 10;
-/// How often sent rows older than the retention are pruned.
+/// How often sent rows older than the retention are pruned, at most
+/// (sooner when the retention is shorter).
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How often the lag gauge is refreshed.
 const LAG_EVERY: Duration = Duration::from_secs(1);
@@ -248,7 +249,8 @@ impl Relay {
                     Err(e) => tracing::debug!(error = %e, "cannot measure the outbox lag"),
                 }
             }
-            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            let prune_every = PRUNE_EVERY.min(self.retention).max(Duration::from_secs(1));
+            if last_prune.is_none_or(|t| t.elapsed() >= prune_every) {
                 last_prune = Some(Instant::now());
                 match self.store.prune(self.retention).await {
                     Ok(0) => {}
