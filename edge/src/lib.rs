@@ -54,7 +54,12 @@ use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::{
+    compression::{
+        CompressionLayer,
+        predicate::{DefaultPredicate, NotForContentType, Predicate as _},
+    },
     cors::{AllowOrigin, CorsLayer},
+    decompression::RequestDecompressionLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
 };
 
@@ -364,6 +369,14 @@ pub fn router(state: EdgeState, cors: Option<CorsLayer>) -> Router {
         // One shared state: handlers clone an Arc, not every field.
         .with_state(Arc::new(state))
         .layer(middleware::from_fn(access::record_metrics))
+        // gzip, br or zstd by Accept-Encoding, for bodies over 32 bytes;
+        // never for streams (SSE, NDJSON), which must flush each event.
+        .layer(CompressionLayer::new().compress_when(
+            DefaultPredicate::new().and(NotForContentType::const_new("application/x-ndjson")),
+        ))
+        // Request bodies in gzip, br or zstd; others are refused with 415.
+        // The body limit applies to the decompressed bytes.
+        .layer(RequestDecompressionLayer::new())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
     match cors {
