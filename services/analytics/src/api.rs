@@ -51,8 +51,9 @@ fn record_error(e: RecordError) -> Status {
     }
 }
 
-/// `days` (0 meaning `default`) within 1..=`max`, named `field` in errors.
-fn days(field: &'static str, requested: i32, default: i32, max: i32) -> Result<i64, Status> {
+/// A count parameter: `default` when unset (0), else within 1..=`max`;
+/// errors name `field`.
+fn count(field: &'static str, requested: i32, default: i32, max: i32) -> Result<i64, Status> {
     match requested {
         0 => Ok(i64::from(default)),
         n if (1..=max).contains(&n) => Ok(i64::from(n)),
@@ -256,7 +257,7 @@ impl Api for AnalyticsService {
         req: Request<pb::GetTopProductsRequest>,
     ) -> Result<Response<pb::GetTopProductsResponse>, Status> {
         let r = req.into_inner();
-        let days = days("days", r.days, 7, 366)?;
+        let days = count("days", r.days, 7, 366)?;
         let by_revenue = match r.by.as_str() {
             "" | "views" => false,
             "revenue" => true,
@@ -268,7 +269,7 @@ impl Api for AnalyticsService {
                 .into());
             }
         };
-        let limit = self::days("limit", r.limit, 10, 100)?;
+        let limit = count("limit", r.limit, 10, 100)?;
         let since = today() - Duration::days(days - 1);
         let rows = reports::top_products(&self.store.pool, since, by_revenue, limit)
             .await
@@ -291,7 +292,7 @@ impl Api for AnalyticsService {
         &self,
         req: Request<pb::GetFunnelRequest>,
     ) -> Result<Response<pb::GetFunnelResponse>, Status> {
-        let days = days("days", req.into_inner().days, 30, 366)?;
+        let days = count("days", req.into_inner().days, 30, 366)?;
         let counts = reports::funnel(&self.store.pool, today() - Duration::days(days - 1))
             .await
             .map_err(internal)?;
@@ -317,7 +318,7 @@ impl Api for AnalyticsService {
         &self,
         req: Request<pb::GetCohortsRequest>,
     ) -> Result<Response<pb::GetCohortsResponse>, Status> {
-        let weeks = days("weeks", req.into_inner().weeks, 8, 52)?;
+        let weeks = count("weeks", req.into_inner().weeks, 8, 52)?;
         let cohorts = reports::cohorts(&self.store.pool, today(), weeks)
             .await
             .map_err(internal)?;
@@ -339,7 +340,7 @@ impl Api for AnalyticsService {
     ) -> Result<Response<pb::GetUserBehaviorResponse>, Status> {
         let r = req.into_inner();
         let user = agora_kit::proto::parse_id("user_id", &r.user_id)?;
-        let days = days("days", r.days, 30, 366)?;
+        let days = count("days", r.days, 30, 366)?;
         let (signed_up, rows) =
             reports::user_behavior(&self.store.pool, user, today() - Duration::days(days - 1))
                 .await
@@ -368,7 +369,7 @@ impl Api for AnalyticsService {
     ) -> Result<Response<pb::ForecastDemandResponse>, Status> {
         let r = req.into_inner();
         let product = agora_kit::proto::parse_id("product_id", &r.product_id)?;
-        let horizon = days("days", r.days, 14, 90)?;
+        let horizon = count("days", r.days, 14, 90)?;
         let history_days = match r.history_days {
             0 => 90,
             n @ 7..=365 => i64::from(n),

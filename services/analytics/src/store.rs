@@ -284,14 +284,6 @@ impl Store {
             .rows_affected();
         Ok((raw, ids))
     }
-
-    /// The raw events of `day` (for operators and tests).
-    pub async fn raw_count(&self, day: NaiveDate) -> Result<u64, RecordError> {
-        self.events
-            .count_documents(doc! {"day": day.to_string()})
-            .await
-            .map_err(|e| RecordError::Mongo(e.to_string()))
-    }
 }
 
 fn active_user() -> Increment {
