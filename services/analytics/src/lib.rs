@@ -23,13 +23,12 @@ pub mod store;
 use std::{net::SocketAddr, time::Duration};
 
 use agora_kit::{
-    access::AccessPolicy,
     auth::AuthLayer,
     balance::Balanced,
     config::{ConfigError, Env},
     db::DatabaseConfig,
     events::{EventsConfig, Queue},
-    jwks::RemoteAuthenticator,
+    jwks::service_auth,
     shutdown::Shutdown,
 };
 use agora_proto::analytics::v1::analytics_service_server::AnalyticsServiceServer;
@@ -257,10 +256,7 @@ impl AnalyticsComponent {
             None
         };
         let users = Balanced::new("users", &config.users_url, "USER_SERVICE_URL").await?;
-        let auth = AuthLayer::new(
-            AccessPolicy::from_contracts()?,
-            RemoteAuthenticator::new(Some(users), &config.jwt_issuer, &config.jwt_audience),
-        );
+        let auth = service_auth(users, &config.jwt_issuer, &config.jwt_audience)?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("AGORA_ANALYTICS_ADDR: cannot listen on {}", config.addr))?;

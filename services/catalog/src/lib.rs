@@ -26,13 +26,12 @@ pub mod store;
 use std::{net::SocketAddr, time::Duration};
 
 use agora_kit::{
-    access::AccessPolicy,
     auth::AuthLayer,
     balance::Balanced,
     config::{ConfigError, Env},
     db::DatabaseConfig,
     events::EventsConfig,
-    jwks::RemoteAuthenticator,
+    jwks::service_auth,
     outbox::{PgOutbox, Relay},
     shutdown::Shutdown,
 };
@@ -180,10 +179,7 @@ impl CatalogComponent {
         // The same balanced client stack as the edge's: every users replica,
         // with failing ones ejected.
         let users = Balanced::new("users", &config.users_url, "USER_SERVICE_URL").await?;
-        let auth = AuthLayer::new(
-            AccessPolicy::from_contracts()?,
-            RemoteAuthenticator::new(Some(users), &config.jwt_issuer, &config.jwt_audience),
-        );
+        let auth = service_auth(users, &config.jwt_issuer, &config.jwt_audience)?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("AGORA_CATALOG_ADDR: cannot listen on {}", config.addr))?;

@@ -26,12 +26,11 @@ pub mod store;
 use std::{fmt, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use agora_kit::{
-    access::AccessPolicy,
     auth::AuthLayer,
     balance::Balanced,
     config::{ConfigError, Env},
     events::EventsConfig,
-    jwks::RemoteAuthenticator,
+    jwks::service_auth,
     outbox::Relay,
     redis::SharedRedis,
     shutdown::Shutdown,
@@ -313,14 +312,7 @@ impl ChatComponent {
             Some(files)
         };
         let users = Balanced::new("users", &config.users_url, "USER_SERVICE_URL").await?;
-        let auth = AuthLayer::new(
-            AccessPolicy::from_contracts()?,
-            RemoteAuthenticator::new(
-                Some(users.clone()),
-                &config.jwt_issuer,
-                &config.jwt_audience,
-            ),
-        );
+        let auth = service_auth(users.clone(), &config.jwt_issuer, &config.jwt_audience)?;
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("AGORA_CHAT_ADDR: cannot listen on {}", config.addr))?;

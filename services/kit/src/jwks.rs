@@ -20,7 +20,7 @@ use jsonwebtoken::{DecodingKey, jwk::Jwk};
 use tokio::sync::{Mutex, RwLock};
 use tonic::Status;
 
-use crate::balance::Balanced;
+use crate::{access::AccessPolicy, auth::AuthLayer, balance::Balanced};
 
 /// A refetch on an unknown key id happens at most this often, so garbage
 /// tokens cannot make the edge hammer the users service.
@@ -155,4 +155,14 @@ impl Authenticator for RemoteAuthenticator {
     ) -> BoxFuture<'a, Result<Option<Caller>, Status>> {
         Box::pin(RemoteAuthenticator::authenticate(self, headers))
     }
+}
+
+/// The authentication layer of a service that does not own credentials:
+/// the contracts' access policy, with tokens verified against the users
+/// service's public keys and API keys checked by it, through `users`.
+pub fn service_auth(users: Balanced, issuer: &str, audience: &str) -> anyhow::Result<AuthLayer> {
+    Ok(AuthLayer::new(
+        AccessPolicy::from_contracts()?,
+        RemoteAuthenticator::new(Some(users), issuer, audience),
+    ))
 }
