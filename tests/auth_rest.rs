@@ -207,7 +207,7 @@ async fn listing_users_pages_through_everyone_exactly_once() {
         .get("/api/v1/users?pageToken=garbage", Some(&admin))
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.message().contains("page_token"));
+    assert!(r.message().contains("pageToken"), "{:?}", r.body);
     let r = mesh.get("/api/v1/users?pageSize=1000", Some(&admin)).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     mesh.stop().await;
@@ -385,7 +385,7 @@ async fn a_password_reset_sets_the_new_password_and_ends_sessions() {
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.message().contains("new_password"), "{:?}", r.body);
+    assert!(r.message().contains("newPassword"), "{:?}", r.body);
     let r = mesh
         .post(
             "/api/v1/auth/password-reset",
@@ -499,7 +499,7 @@ async fn api_keys_show_their_secret_once_carry_permissions_and_can_be_revoked() 
         )
         .await;
     assert_eq!(past.status, StatusCode::BAD_REQUEST);
-    assert!(past.message().contains("expire_time"), "{:?}", past.body);
+    assert!(past.message().contains("expireTime"), "{:?}", past.body);
     let bad = mesh
         .post(
             "/api/v1/api-keys",

@@ -63,48 +63,115 @@ async fn invalid_products_are_rejected_naming_the_field() {
     let staff = staff(&mesh).await;
     let cat = category(&mesh, &staff, "misc", None).await;
     product(&mesh, &staff, "dup-1", "Original", &cat, 100, 0).await;
+    // Each problem names the field as the client sent it (JSON names, from
+    // the request's root), in the message and as a BadRequest violation.
     let cases = [
         (
             json!({"sku": "bad sku", "name": "N", "categoryId": cat, "price": {"currency": "EUR", "amountMinor": "1"}}),
             StatusCode::BAD_REQUEST,
-            "sku",
+            "product.sku",
         ),
         (
             json!({"sku": "ok-1", "name": "", "categoryId": cat, "price": {"currency": "EUR", "amountMinor": "1"}}),
             StatusCode::BAD_REQUEST,
-            "name",
+            "product.name",
         ),
         (
             json!({"sku": "ok-1", "name": "N", "categoryId": cat, "price": {"currency": "euro", "amountMinor": "1"}}),
             StatusCode::BAD_REQUEST,
-            "currency",
+            "product.price.currency",
         ),
         (
             json!({"sku": "ok-1", "name": "N", "categoryId": cat, "price": {"currency": "EUR", "amountMinor": "-5"}}),
             StatusCode::BAD_REQUEST,
-            "amount_minor",
+            "product.price.amountMinor",
         ),
         (
             json!({"sku": "ok-1", "name": "N", "categoryId": uuid::Uuid::new_v4(), "price": {"currency": "EUR", "amountMinor": "1"}}),
             StatusCode::BAD_REQUEST,
-            "category_id",
+            "product.categoryId",
         ),
+        // Caught by the edge while transcoding, named the same way.
         (
             json!({"sku": "ok-1", "name": "N", "categoryId": cat, "price": {"currency": "EUR", "amountMinor": "cheap"}}),
             StatusCode::BAD_REQUEST,
-            "amountMinor",
-        ),
-        (
-            json!({"sku": "DUP-1", "name": "N", "categoryId": cat, "price": {"currency": "EUR", "amountMinor": "1"}}),
-            StatusCode::CONFLICT,
-            "DUP-1",
+            "product.price.amountMinor",
         ),
     ];
     for (body, status, field) in cases {
         let r = mesh.post("/api/v1/products", Some(&staff), body).await;
         assert_eq!(r.status, status, "{field}: {:?}", r.body);
         assert!(r.message().contains(field), "{field}: {:?}", r.body);
+        let violations: Vec<&Value> = r.body["details"]
+            .as_array()
+            .expect("details")
+            .iter()
+            .filter(|d| d["@type"] == "type.googleapis.com/google.rpc.BadRequest")
+            .flat_map(|d| d["fieldViolations"].as_array().expect("violations"))
+            .collect();
+        assert_eq!(violations.len(), 1, "{field}: {:?}", r.body);
+        assert_eq!(violations[0]["field"], field, "{:?}", r.body);
+        assert!(
+            !violations[0]["description"]
+                .as_str()
+                .expect("description")
+                .is_empty()
+        );
     }
+    let r = mesh
+        .post(
+            "/api/v1/products",
+            Some(&staff),
+            json!({"sku": "DUP-1", "name": "N", "categoryId": cat, "price": {"currency": "EUR", "amountMinor": "1"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
+    assert!(r.message().contains("DUP-1"), "{:?}", r.body);
+
+    // An unknown query parameter is named too.
+    let r = mesh.get("/api/v1/products?colour=red", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.body["details"][0]["fieldViolations"][0]["field"], "colour",
+        "{:?}",
+        r.body
+    );
+
+    // gRPC clients get the same detail in proto names.
+    let mut client = agora_proto::catalog::v1::catalog_service_client::CatalogServiceClient::new(
+        tonic::transport::Endpoint::from_shared(mesh.url(""))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connects"),
+    );
+    let mut req = tonic::Request::new(agora_proto::catalog::v1::CreateProductRequest {
+        product: Some(agora_proto::catalog::v1::Product {
+            sku: "OK-2".into(),
+            name: "N".into(),
+            category_id: uuid::Uuid::new_v4().to_string(),
+            price: Some(agora_proto::catalog::v1::Money {
+                currency: "EUR".into(),
+                amount_minor: 1,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {staff}").parse().expect("header"),
+    );
+    let status = client
+        .create_product(req)
+        .await
+        .expect_err("unknown category");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    use tonic_types::StatusExt as _;
+    let bad = status
+        .get_details_bad_request()
+        .expect("a BadRequest detail");
+    assert_eq!(bad.field_violations[0].field, "product.category_id");
     mesh.stop().await;
 }
 
@@ -315,7 +382,7 @@ async fn listings_filter_by_category_tree_price_and_stock_and_sort() {
         .get("/api/v1/products?minPrice=500&maxPrice=100", None)
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-    assert!(bad.message().contains("max_price"));
+    assert!(bad.message().contains("maxPrice"), "{:?}", bad.body);
     mesh.stop().await;
 }
 

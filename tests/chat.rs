@@ -940,12 +940,12 @@ async fn attachments_upload_to_storage_and_only_members_download_them() {
         .post(&attachments, Some(&ana), json!({"fileName": "x.exe", "contentType": "application/x-msdownload", "sizeBytes": "10"}))
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.message().contains("content_type"), "{:?}", r.body);
+    assert!(r.message().contains("contentType"), "{:?}", r.body);
     let r = mesh
         .post(&attachments, Some(&ana), json!({"fileName": "big.pdf", "contentType": "application/pdf", "sizeBytes": "20000000"}))
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.message().contains("size_bytes"), "{:?}", r.body);
+    assert!(r.message().contains("sizeBytes"), "{:?}", r.body);
 
     let r = mesh
         .post(

@@ -94,3 +94,86 @@ async fn compressed_request_bodies_are_accepted_and_unknown_encodings_refused() 
     assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn get_answers_carry_etags_and_an_unchanged_resource_answers_304() {
+    let mesh = spawn_mesh().await;
+    let staff = staff(&mesh).await;
+    let cat = category(&mesh, &staff, "etag-lamps", None).await;
+    let lamp = product(&mesh, &staff, "ETAG-1", "Etag lamp", &cat, 1999, 3).await;
+    let id = lamp["id"].as_str().expect("id");
+    let http = reqwest::Client::new();
+    let get = |if_none_match: Option<&str>| {
+        let mut req = http.get(mesh.url(&format!("/api/v1/products/{id}")));
+        if let Some(tag) = if_none_match {
+            req = req.header("if-none-match", tag);
+        }
+        async move { req.send().await.expect("answers") }
+    };
+
+    // A product is tagged with its own version.
+    let first = get(None).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let tag = first.headers()["etag"].to_str().expect("ascii").to_owned();
+    assert_eq!(
+        tag,
+        format!("W/\"{}\"", lamp["etag"].as_str().expect("etag"))
+    );
+    assert_eq!(first.headers()["cache-control"], "no-cache");
+
+    let again = get(Some(&tag)).await;
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(again.headers()["etag"], tag.as_str());
+    assert!(again.bytes().await.expect("body").is_empty());
+    // A strong form of the tag, a list, and `*` match too.
+    assert_eq!(
+        get(Some("\"x\", \"v1\"")).await.status(),
+        StatusCode::NOT_MODIFIED
+    );
+    assert_eq!(get(Some("*")).await.status(), StatusCode::NOT_MODIFIED);
+
+    // A change gives a new tag; the old one then gets the new body.
+    let r = mesh
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/products/{id}"),
+            Some(&staff),
+            json!({"name": "Etag lamp, taller", "etag": lamp["etag"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let changed = get(Some(&tag)).await;
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert_ne!(changed.headers()["etag"], tag.as_str());
+    let body: Value = changed.json().await.expect("json");
+    assert_eq!(body["name"], "Etag lamp, taller");
+
+    // Answers without a version of their own are tagged by their content,
+    // and answers to a signed-in caller are private.
+    let list = |tag: Option<String>| {
+        let mut req = http.get(mesh.url("/api/v1/categories")).bearer_auth(&staff);
+        if let Some(tag) = tag {
+            req = req.header("if-none-match", tag);
+        }
+        async move { req.send().await.expect("answers") }
+    };
+    let listed = list(None).await;
+    assert_eq!(listed.headers()["cache-control"], "private, no-cache");
+    let tag = listed.headers()["etag"].to_str().expect("ascii").to_owned();
+    assert_eq!(
+        list(Some(tag.clone())).await.status(),
+        StatusCode::NOT_MODIFIED
+    );
+    category(&mesh, &staff, "etag-shades", None).await;
+    assert_eq!(list(Some(tag)).await.status(), StatusCode::OK);
+
+    // Writes carry no tag.
+    let r = http
+        .post(mesh.url("/api/v1/auth/login"))
+        .json(&json!({"email": "nobody@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .expect("answers");
+    assert!(r.headers().get("etag").is_none());
+    mesh.stop().await;
+}

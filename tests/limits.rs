@@ -66,6 +66,12 @@ async fn anonymous_callers_are_limited_per_ip_and_told_when_to_come_back() {
             .expect("delay")
             .ends_with('s')
     );
+    // A reason a client can branch on.
+    assert_eq!(
+        body["details"][1],
+        json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RATE_LIMITED", "domain": "agora"}),
+        "{body}"
+    );
     drop(edge);
     mesh.stop().await;
 }

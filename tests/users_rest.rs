@@ -69,7 +69,7 @@ async fn registration_input_errors_name_the_field() {
         ),
         (
             json!({"email": "x@example.com", "password": PASSWORD, "displayName": "  "}),
-            "display_name",
+            "displayName",
         ),
         (
             json!({"email": "x@example.com", "password": PASSWORD, "displayName": 5}),
@@ -115,8 +115,37 @@ async fn unknown_routes_wrong_methods_and_malformed_json_answer_in_the_status_sh
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(
         r.headers.get("allow").and_then(|v| v.to_str().ok()),
-        Some("POST")
+        Some("POST, OPTIONS")
     );
+
+    // OPTIONS names what a path serves; HEAD is GET without the body.
+    let r = mesh
+        .send(
+            mesh.http
+                .request(Method::OPTIONS, mesh.url("/api/v1/users/me")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        r.headers.get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, HEAD, PATCH, OPTIONS")
+    );
+    let head = mesh
+        .http
+        .head(mesh.url("/api/v1/categories"))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(head.status(), StatusCode::OK);
+    assert!(head.headers().get("etag").is_some());
+    assert!(head.bytes().await.expect("body").is_empty());
+    let r = mesh
+        .send(
+            mesh.http
+                .request(Method::OPTIONS, mesh.url("/api/v1/nothing-here")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 
     let r = mesh
         .send(

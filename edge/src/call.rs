@@ -60,6 +60,7 @@ pub async fn unary(upstream: &Upstream, call: UnaryCall<'_>) -> Result<Bytes, Ap
                 upstream.name
             ),
         )
+        .with_reason(agora_kit::REASON_OVERLOADED)
         .with_retry_after(Duration::from_secs(1)));
     };
     let permit = match upstream.breaker.admit() {
@@ -72,6 +73,7 @@ pub async fn unary(upstream: &Upstream, call: UnaryCall<'_>) -> Result<Bytes, Ap
                     upstream.name
                 ),
             )
+            .with_reason(agora_kit::REASON_CIRCUIT_OPEN)
             .with_retry_after(retry_after));
         }
     };

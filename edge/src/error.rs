@@ -22,20 +22,62 @@ pub struct ApiError {
     /// An HTTP status other than the code's standard one (422 for a reused
     /// idempotency key).
     pub status: Option<StatusCode>,
+    /// What is wrong with which request fields (`google.rpc.BadRequest`).
+    pub violations: Vec<Violation>,
+    /// A reason a client can branch on (`google.rpc.ErrorInfo`); boxed,
+    /// as most errors have none.
+    pub info: Option<Box<Info>>,
+}
+
+/// One field violation: the field's path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub field: String,
+    pub description: String,
+}
+
+/// `google.rpc.ErrorInfo`: a stable reason in a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    pub reason: String,
+    pub domain: String,
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
 struct StatusBody<'a> {
     code: i32,
     message: &'a str,
-    details: Vec<Detail>,
+    details: Vec<Detail<'a>>,
 }
 
 #[derive(Serialize)]
 #[serde(untagged)]
-enum Detail {
+enum Detail<'a> {
     Retry(RetryInfo),
     Request(RequestInfo),
+    BadRequest(BadRequestJson<'a>),
+    Info(ErrorInfoJson<'a>),
+}
+
+/// `google.rpc.BadRequest` in its proto3 JSON form.
+#[derive(Serialize)]
+struct BadRequestJson<'a> {
+    #[serde(rename = "@type")]
+    type_url: &'static str,
+    #[serde(rename = "fieldViolations")]
+    field_violations: &'a [Violation],
+}
+
+/// `google.rpc.ErrorInfo` in its proto3 JSON form.
+#[derive(Serialize)]
+struct ErrorInfoJson<'a> {
+    #[serde(rename = "@type")]
+    type_url: &'static str,
+    reason: &'a str,
+    domain: &'a str,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    metadata: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// `google.rpc.RequestInfo`: the request id (as in `x-request-id`) and, as
@@ -66,7 +108,76 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             status: None,
+            violations: Vec::new(),
+            info: None,
         }
+    }
+
+    /// Adds a field violation (`field` is the JSON path the client used).
+    pub fn with_violation(
+        mut self,
+        field: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        self.violations.push(Violation {
+            field: field.into(),
+            description: description.into(),
+        });
+        self
+    }
+
+    /// Gives the error a reason in Agora's domain a client can branch on.
+    pub fn with_reason(mut self, reason: &str) -> Self {
+        self.info = Some(Box::new(Info {
+            reason: reason.to_owned(),
+            domain: agora_kit::ERROR_DOMAIN.to_owned(),
+            metadata: Default::default(),
+        }));
+        self
+    }
+
+    /// Names fields as REST clients do: the violations of a service (proto
+    /// paths of `input`, the request message) and the message that names
+    /// them become JSON paths (`product.category_id` → `product.categoryId`).
+    pub fn in_json_names(mut self, input: &prost_reflect::MessageDescriptor) -> Self {
+        for v in &mut self.violations {
+            let json = json_path(input, &v.field);
+            if json != v.field {
+                let proto = format!("{}:", v.field);
+                if self.message.starts_with(&proto) || self.message.contains(&format!(" {proto}")) {
+                    self.message = self.message.replacen(&proto, &format!("{json}:"), 1);
+                }
+                v.field = json;
+            }
+        }
+        self
+    }
+
+    /// The error as a gRPC status, with its details in binary form.
+    pub fn to_status(&self) -> tonic::Status {
+        let mut details = tonic_types::ErrorDetails::new();
+        if !self.violations.is_empty() {
+            details.set_bad_request(
+                self.violations
+                    .iter()
+                    .map(|v| tonic_types::FieldViolation::new(&v.field, &v.description))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        if let Some(info) = &self.info {
+            details.set_error_info(
+                &info.reason,
+                &info.domain,
+                info.metadata
+                    .clone()
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>(),
+            );
+        }
+        if let Some(after) = self.retry_after {
+            details.set_retry_info(Some(after));
+        }
+        tonic::Status::with_error_details(self.code, self.message.clone(), details)
     }
 
     pub fn with_retry_after(mut self, after: Duration) -> Self {
@@ -116,8 +227,64 @@ impl From<tonic::Status> for ApiError {
         if let Some(delay) = s.get_details_retry_info().and_then(|r| r.retry_delay) {
             error.retry_after = Some(delay);
         }
+        if let Some(bad) = s.get_details_bad_request() {
+            error.violations = bad
+                .field_violations
+                .into_iter()
+                .map(|v| Violation {
+                    field: v.field,
+                    description: v.description,
+                })
+                .collect();
+        }
+        if let Some(info) = s.get_details_error_info() {
+            error.info = Some(Box::new(Info {
+                reason: info.reason,
+                domain: info.domain,
+                metadata: info.metadata.into_iter().collect(),
+            }));
+        }
         error
     }
+}
+
+/// A proto field path of `input` (`items[0].product_id`) in JSON names
+/// (`items[0].productId`); segments it cannot resolve stay as they are.
+pub fn json_path(input: &prost_reflect::MessageDescriptor, path: &str) -> String {
+    use prost_reflect::Kind;
+    let mut current = Some(input.clone());
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        let (name, suffix) = segment
+            .find('[')
+            .map_or((segment, ""), |at| segment.split_at(at));
+        let field = current.as_ref().and_then(|m| {
+            m.get_field_by_name(name)
+                .or_else(|| m.get_field_by_json_name(name))
+        });
+        match field {
+            Some(f) => {
+                out.push_str(f.json_name());
+                out.push_str(suffix);
+                current = match f.kind() {
+                    Kind::Message(m) if f.is_map() => match m.map_entry_value_field().kind() {
+                        Kind::Message(v) => Some(v),
+                        _ => None,
+                    },
+                    Kind::Message(m) => Some(m),
+                    _ => None,
+                };
+            }
+            None => {
+                out.push_str(segment);
+                current = None;
+            }
+        }
+    }
+    out
 }
 
 /// The HTTP status for a gRPC code (the google.rpc.Code mapping).
@@ -153,6 +320,20 @@ impl ApiError {
                 })
             })
             .collect();
+        if !self.violations.is_empty() {
+            details.push(Detail::BadRequest(BadRequestJson {
+                type_url: "type.googleapis.com/google.rpc.BadRequest",
+                field_violations: &self.violations,
+            }));
+        }
+        if let Some(info) = &self.info {
+            details.push(Detail::Info(ErrorInfoJson {
+                type_url: "type.googleapis.com/google.rpc.ErrorInfo",
+                reason: &info.reason,
+                domain: &info.domain,
+                metadata: &info.metadata,
+            }));
+        }
         if let Some((request_id, trace_id)) = crate::access::current_request() {
             details.push(Detail::Request(RequestInfo {
                 type_url: "type.googleapis.com/google.rpc.RequestInfo",

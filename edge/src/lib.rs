@@ -12,18 +12,26 @@
 //! - [`upstream`]: upstream services and their call policy.
 //! - [`call`]: one upstream call with shedding, breaker, deadline and retries.
 //! - [`error`]: gRPC status → HTTP status and `google.rpc.Status` bodies.
+//! - [`etag`]: entity tags on GET answers, `If-None-Match` → 304.
+//! - [`grpcweb`]: gRPC-Web (and gRPC over h2c) through the edge.
 //! - [`openapi`]: the OpenAPI 3.1 document.
 //! - [`dashboard`]: the business dashboard at `/admin/` (static, embedded).
+//! - [`docs`]: the interactive API reference at `/api/v1/docs/` (Swagger UI, embedded).
+//! - [`assets`]: embedded static files with entity tags.
 //! - [`health`]: the aggregated `/health`.
 //! - [`access`]: request metrics and the access log.
 //! - [`ratelimit`]: per key / user / IP limits shared through Redis.
 //! - [`idempotency`]: replaying the answer to a retried `Idempotency-Key`.
 
 pub mod access;
+pub mod assets;
 pub mod call;
 pub mod codec;
 pub mod dashboard;
+pub mod docs;
 pub mod error;
+pub mod etag;
+pub mod grpcweb;
 pub mod health;
 pub mod idempotency;
 pub mod openapi;
@@ -365,6 +373,7 @@ pub fn router(state: EdgeState, cors: Option<CorsLayer>) -> Router {
         .route("/health", get(health::health))
         .route("/api/v1/openapi.json", get(openapi_json))
         .merge(dashboard::routes())
+        .merge(docs::routes())
         .fallback(proxy::handle)
         // One shared state: handlers clone an Arc, not every field.
         .with_state(Arc::new(state))
@@ -421,8 +430,25 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ConfigError> {
                 http::header::CONTENT_TYPE,
                 http::HeaderName::from_static("x-api-key"),
                 http::HeaderName::from_static("x-request-id"),
+                http::HeaderName::from_static("idempotency-key"),
+                http::HeaderName::from_static("grpc-timeout"),
+                http::header::IF_NONE_MATCH,
+                // gRPC-Web clients.
+                http::HeaderName::from_static("x-grpc-web"),
+                http::HeaderName::from_static("x-user-agent"),
             ])
-            .expose_headers([http::HeaderName::from_static("x-request-id")])
+            .expose_headers([
+                http::HeaderName::from_static("x-request-id"),
+                http::header::ETAG,
+                http::header::RETRY_AFTER,
+                http::HeaderName::from_static("ratelimit-limit"),
+                http::HeaderName::from_static("ratelimit-remaining"),
+                http::HeaderName::from_static("ratelimit-reset"),
+                http::HeaderName::from_static("idempotent-replayed"),
+                http::HeaderName::from_static("grpc-status"),
+                http::HeaderName::from_static("grpc-message"),
+                http::HeaderName::from_static("grpc-status-details-bin"),
+            ])
             .max_age(std::time::Duration::from_secs(600)),
     ))
 }

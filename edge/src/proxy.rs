@@ -9,7 +9,7 @@ use std::{
 
 use agora_kit::{
     access::authorize,
-    auth::{API_KEY_HEADER, CALLER_ID_HEADER},
+    auth::{API_KEY_HEADER, CALLER_ID_HEADER, Caller},
 };
 use axum::{
     body::Body,
@@ -29,6 +29,7 @@ use crate::{
     EdgeState,
     call::{self, UnaryCall},
     error::{self, ApiError},
+    etag, grpcweb,
     idempotency::{self, Begin},
     ratelimit::{self, Decision},
     routes::{Lookup, Route, RouteKind},
@@ -54,15 +55,36 @@ const FORWARDED: &[&str] = &[
 ];
 
 pub async fn handle(State(state): State<Arc<EdgeState>>, req: Request) -> Response {
+    if grpcweb::is_grpc(&req) {
+        let label = state
+            .routes
+            .by_grpc_path(req.uri().path())
+            .map(|r| RouteLabel(r.grpc_path.clone()));
+        let mut resp = grpcweb::handle(state, req).await;
+        if let Some(label) = label {
+            resp.extensions_mut().insert(label);
+        }
+        return resp;
+    }
     let method = req.method().clone();
-    let (route, values) = match state.routes.lookup(&method, req.uri().path()) {
+    // HEAD is GET without the body (the server drops it).
+    let lookup_method = if method == http::Method::HEAD {
+        http::Method::GET
+    } else {
+        method.clone()
+    };
+    let (route, values) = match state.routes.lookup(&lookup_method, req.uri().path()) {
         Lookup::Found(route, values) => (route, values),
         Lookup::WrongMethod(allowed) => {
-            let allow = allowed
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
+            let allow = allow_value(&allowed);
+            if method == http::Method::OPTIONS {
+                let mut resp = Response::new(Body::empty());
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    resp.headers_mut().insert(header::ALLOW, v);
+                }
+                return resp;
+            }
             let mut resp = ApiError::new(
                 Code::Unimplemented,
                 format!("method {method} is not allowed here; use {allow}"),
@@ -87,6 +109,7 @@ pub async fn handle(State(state): State<Arc<EdgeState>>, req: Request) -> Respon
             Code::Unavailable,
             "the edge is at capacity; try again shortly",
         )
+        .with_reason(agora_kit::REASON_OVERLOADED)
         .with_retry_after(std::time::Duration::from_secs(1))
         .into_response();
         resp.extensions_mut().insert(label);
@@ -126,56 +149,16 @@ async fn call(
     if route.kind != RouteKind::Unary {
         query = take_access_token(&mut parts.headers, query.as_deref())?;
     }
-    let client_timeout = match parts.headers.get("grpc-timeout") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(agora_kit::deadline::parse_grpc_timeout)
-                .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "grpc-timeout: must be up to 8 digits and a unit (H, M, S, m, u, n), like 100m",
-                    )
-                })?,
-        ),
-    };
-
-    let caller = match state.auth.authenticate(&parts.headers).await {
-        Ok(caller) => caller,
-        // Public routes serve anonymous callers even with stale credentials.
-        Err(_) if route.access.public => None,
-        Err(e) => return Err(e.into()),
-    };
-    authorize(&route.access, caller.as_ref()).map_err(ApiError::from)?;
-
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    let client_ip =
-        ratelimit::client_ip(peer, &parts.headers, state.rate_limits.trusted_proxy_hops);
-    let decision = match ratelimit::subject(&state.rate_limits, route, caller.as_ref(), client_ip) {
-        Some(subject) => {
-            let decision = state.limiter.check(&subject).await;
-            if !decision.allowed {
-                metrics::counter!("agora_edge_rate_limited_total", "route" => route.label.to_string())
-                    .increment(1);
-                let mut resp = ApiError::new(
-                    Code::ResourceExhausted,
-                    format!(
-                        "rate limit exceeded: {} calls per minute; retry in {} s",
-                        decision.limit,
-                        error::retry_after_secs(decision.retry_after)
-                    ),
-                )
-                .with_retry_after(decision.retry_after)
-                .into_response();
-                rate_limit_headers(&mut resp, &decision);
-                return Ok(resp);
-            }
-            Some(decision)
+    let client_timeout = client_timeout(&parts.headers)?;
+    let caller = authorize_caller(state, route, &parts.headers).await?;
+    let client_ip = client_ip(state, &parts);
+    let decision = match rate_limit(state, route, caller.as_ref(), client_ip).await {
+        Ok(decision) => decision,
+        Err(refused) => {
+            let mut resp = refused.error.into_response();
+            rate_limit_headers(&mut resp, &refused.decision);
+            return Ok(resp);
         }
-        None => None,
     };
 
     let body = match axum::body::to_bytes(body, state.body_limit).await {
@@ -193,8 +176,7 @@ async fn call(
             "the request body must be JSON (content-type: application/json)",
         ));
     }
-    let msg = request_message(route, values, query.as_deref(), &body)
-        .map_err(|e| ApiError::bad_request(e.0))?;
+    let msg = request_message(route, values, query.as_deref(), &body).map_err(ApiError::from)?;
 
     let upstream = state.upstreams.get(&route.upstream).ok_or_else(|| {
         ApiError::new(
@@ -229,12 +211,14 @@ async fn call(
                     Code::Aborted,
                     "a request with this Idempotency-Key is still running; retry when it has finished",
                 )
+                .with_reason(agora_kit::REASON_IDEMPOTENCY_KEY_IN_PROGRESS)
                 .with_retry_after(Duration::from_secs(1)));
             }
             Begin::Mismatch => {
                 return Err(ApiError::bad_request(
                     "Idempotency-Key was already used for a different request; use a new key for a new request",
                 )
+                .with_reason(agora_kit::REASON_IDEMPOTENCY_KEY_REUSED)
                 .with_status(StatusCode::UNPROCESSABLE_ENTITY));
             }
         }
@@ -267,6 +251,7 @@ async fn call(
         }
         return Ok(resp);
     }
+    let reads = matches!(parts.method, http::Method::GET | http::Method::HEAD);
     let reply = call::unary(
         upstream,
         UnaryCall {
@@ -278,9 +263,10 @@ async fn call(
         },
     )
     .await
-    .and_then(|reply| render(route, reply));
-    let (status, json) = match reply {
-        Ok(json) => (StatusCode::OK, Bytes::from(json)),
+    .map_err(|e| e.in_json_names(&route.input()))
+    .and_then(|reply| render(route, reply, reads));
+    let (status, json, version) = match reply {
+        Ok((json, version)) => (StatusCode::OK, Bytes::from(json), version),
         Err(e) => {
             let resp = e.into_response();
             let status = resp.status();
@@ -301,15 +287,165 @@ async fn call(
     if let Some(claim) = claim {
         state.idempotency.finish(claim, status, &json).await;
     }
+    let mut resp = if reads {
+        let tag = etag::tag(version.as_deref(), &json);
+        let unchanged = parts
+            .headers
+            .get(header::IF_NONE_MATCH)
+            .is_some_and(|v| etag::none_match(v, &tag));
+        let mut resp = if unchanged {
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            resp
+        } else {
+            json_response(json)
+        };
+        let h = resp.headers_mut();
+        h.insert(header::ETAG, tag);
+        // Caches must check back; answers to a caller are theirs alone.
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(if caller.is_some() {
+                "private, no-cache"
+            } else {
+                "no-cache"
+            }),
+        );
+        resp
+    } else {
+        json_response(json)
+    };
+    if let Some(d) = &decision {
+        rate_limit_headers(&mut resp, d);
+    }
+    Ok(resp)
+}
+
+fn json_response(json: Bytes) -> Response {
     let mut resp = Response::new(Body::from(json));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(d) = &decision {
-        rate_limit_headers(&mut resp, d);
+    resp
+}
+
+/// The `Allow` header of a path served for `allowed`: HEAD wherever GET
+/// is, and OPTIONS everywhere.
+fn allow_value(allowed: &[http::Method]) -> String {
+    use http::Method;
+    const ORDER: [(Method, &str); 5] = [
+        (Method::GET, "GET, HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+    ];
+    let mut out: Vec<&str> = ORDER
+        .iter()
+        .filter(|(m, _)| allowed.contains(m))
+        .map(|(_, names)| *names)
+        .collect();
+    // Custom methods of the contracts, as they are.
+    out.extend(
+        allowed
+            .iter()
+            .filter(|m| !ORDER.iter().any(|(o, _)| o == *m))
+            .map(|m| m.as_str()),
+    );
+    out.push("OPTIONS");
+    out.join(", ")
+}
+
+/// One of the edge's stream slots, or a refusal when all are taken.
+pub(crate) fn stream_slot(state: &EdgeState) -> Result<OwnedSlot, ApiError> {
+    OwnedSlot::try_take(&state.streams, state.max_streams).ok_or_else(|| {
+        metrics::counter!("agora_edge_shed_total").increment(1);
+        ApiError::new(
+            Code::Unavailable,
+            "the edge holds as many streams as it may; try again shortly",
+        )
+        .with_reason(agora_kit::REASON_OVERLOADED)
+        .with_retry_after(Duration::from_secs(1))
+    })
+}
+
+/// A deadline the client set with `grpc-timeout`, checked.
+pub(crate) fn client_timeout(headers: &http::HeaderMap) -> Result<Option<Duration>, ApiError> {
+    match headers.get("grpc-timeout") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(agora_kit::deadline::parse_grpc_timeout)
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "grpc-timeout: must be up to 8 digits and a unit (H, M, S, m, u, n), like 100m",
+                )
+            }),
     }
-    Ok(resp)
+}
+
+/// The caller of a request, allowed to call `route`.
+pub(crate) async fn authorize_caller(
+    state: &EdgeState,
+    route: &Route,
+    headers: &http::HeaderMap,
+) -> Result<Option<Caller>, ApiError> {
+    let caller = match state.auth.authenticate(headers).await {
+        Ok(caller) => caller,
+        // Public routes serve anonymous callers even with stale credentials.
+        Err(_) if route.access.public => None,
+        Err(e) => return Err(e.into()),
+    };
+    authorize(&route.access, caller.as_ref()).map_err(ApiError::from)?;
+    Ok(caller)
+}
+
+/// The client's address, through as many proxies as are trusted.
+pub(crate) fn client_ip(state: &EdgeState, parts: &http::request::Parts) -> IpAddr {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    ratelimit::client_ip(peer, &parts.headers, state.rate_limits.trusted_proxy_hops)
+}
+
+/// A call refused by a rate limit.
+pub(crate) struct Refused {
+    pub error: ApiError,
+    pub decision: Decision,
+}
+
+/// Takes one call from the caller's budget for `route`: the decision to
+/// report in headers, `None` when no limit applies.
+pub(crate) async fn rate_limit(
+    state: &EdgeState,
+    route: &Route,
+    caller: Option<&Caller>,
+    client_ip: IpAddr,
+) -> Result<Option<Decision>, Refused> {
+    let Some(subject) = ratelimit::subject(&state.rate_limits, route, caller, client_ip) else {
+        return Ok(None);
+    };
+    let decision = state.limiter.check(&subject).await;
+    if decision.allowed {
+        return Ok(Some(decision));
+    }
+    metrics::counter!("agora_edge_rate_limited_total", "route" => route.label.to_string())
+        .increment(1);
+    let error = ApiError::new(
+        Code::ResourceExhausted,
+        format!(
+            "rate limit exceeded: {} calls per minute; retry in {} s",
+            decision.limit,
+            error::retry_after_secs(decision.retry_after)
+        ),
+    )
+    .with_retry_after(decision.retry_after)
+    .with_reason(agora_kit::REASON_RATE_LIMITED);
+    Err(Refused { error, decision })
 }
 
 /// Opens a stream and answers with it: SSE/NDJSON, or the WebSocket
@@ -322,14 +458,7 @@ async fn open_stream(
     headers: &http::HeaderMap,
     ws: Option<WebSocketUpgrade>,
 ) -> Result<Response, ApiError> {
-    let Some(slot) = OwnedSlot::try_take(&state.streams, state.max_streams) else {
-        metrics::counter!("agora_edge_shed_total").increment(1);
-        return Err(ApiError::new(
-            Code::Unavailable,
-            "the edge holds as many streams as it may; try again shortly",
-        )
-        .with_retry_after(Duration::from_secs(1)));
-    };
+    let slot = stream_slot(state)?;
     let requests = match (&ws, route.method.is_client_streaming()) {
         (Some(_), true) => {
             let (tx, rx) = stream::request_queue();
@@ -338,7 +467,9 @@ async fn open_stream(
         }
         _ => None,
     };
-    let replies = stream::open(upstream, call).await?;
+    let replies = stream::open(upstream, call)
+        .await
+        .map_err(|e| e.in_json_names(&route.input()))?;
     let stopping = state.shutdown.stopping_owned();
     Ok(match ws {
         Some(ws) => Bridge {
@@ -382,15 +513,25 @@ fn take_access_token(
 }
 
 /// The upstream's reply as the route's JSON.
-fn render(route: &Route, reply: Bytes) -> Result<Vec<u8>, ApiError> {
+/// The reply as JSON and, when asked for, its resource's version (for the
+/// entity tag).
+fn render(
+    route: &Route,
+    reply: Bytes,
+    versioned: bool,
+) -> Result<(Vec<u8>, Option<String>), ApiError> {
     let out = DynamicMessage::decode(route.method.output(), reply).map_err(|e| {
         tracing::error!(method = %route.method.full_name(), error = %e, "cannot decode an upstream reply");
         ApiError::new(Code::Internal, "internal error")
     })?;
-    response_json(route, &out).map_err(|e| {
+    let json = response_json(route, &out).map_err(|e| {
         tracing::error!(method = %route.method.full_name(), error = %e, "cannot render an upstream reply");
         ApiError::new(Code::Internal, "internal error")
-    })
+    })?;
+    let version = versioned
+        .then(|| etag::resource_version(route, &out))
+        .flatten();
+    Ok((json, version))
 }
 
 /// The `Idempotency-Key` of a POST or PATCH, checked.
@@ -442,7 +583,11 @@ fn is_json(headers: &http::HeaderMap) -> bool {
     }
 }
 
-fn forward_metadata(headers: &http::HeaderMap, md: &mut MetadataMap, caller: Option<&str>) {
+pub(crate) fn forward_metadata(
+    headers: &http::HeaderMap,
+    md: &mut MetadataMap,
+    caller: Option<&str>,
+) {
     for name in FORWARDED {
         if let Some(v) = headers.get(*name)
             && let Ok(v) = MetadataValue::try_from(v.as_bytes())

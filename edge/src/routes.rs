@@ -75,6 +75,17 @@ impl Route {
     pub fn input(&self) -> MessageDescriptor {
         self.method.input()
     }
+
+    /// The order routes are tried in, most specific first: verbs (so
+    /// `/x/{id}:commit` wins over `/x/{id}`), then more literal segments,
+    /// then fewer variables.
+    fn specificity(&self) -> (bool, std::cmp::Reverse<usize>, usize) {
+        (
+            self.template.verb.is_none(),
+            std::cmp::Reverse(self.template.literal_count()),
+            self.template.variables.len(),
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,20 +224,18 @@ impl RouteTable {
                 }
             }
         }
-        // Verbs first (so `/x/{id}:commit` wins over `/x/{id}`), then more
-        // literal segments, then fewer variables.
-        routes.sort_by_key(|r| {
-            (
-                r.template.verb.is_none(),
-                std::cmp::Reverse(r.template.literal_count()),
-                r.template.variables.len(),
-            )
-        });
+        routes.sort_by_key(Route::specificity);
         Ok(Self { routes })
     }
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// A route of the method at `/package.Service/Method`, for calls that
+    /// name the method itself (gRPC-Web).
+    pub fn by_grpc_path(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| &*r.grpc_path == path)
     }
 
     /// Finds the route for `method` and a raw (still percent-encoded) path.
@@ -237,6 +246,7 @@ impl RouteTable {
         let (head, last) = path.rsplit_once('/').map_or(("", path), |(h, l)| (h, l));
         let verb_split = last.rsplit_once(':');
         let mut allowed = Vec::new();
+        let mut best = None;
         let mut parts_buf: Vec<&str> = Vec::with_capacity(8);
         for route in &self.routes {
             parts_buf.clear();
@@ -248,7 +258,15 @@ impl RouteTable {
                 (Some(_), _) => continue,
                 (None, _) => parts_buf.push(last),
             }
+            // A literal path wins over a template that also matches it
+            // (`/users/me` over `/users/{id}`), as in OpenAPI: only routes
+            // as specific as the first match count.
+            let specificity = route.specificity();
+            if best.is_some_and(|b| b != specificity) {
+                break;
+            }
             if let Some(values) = route.template.matches(&parts_buf) {
+                best = Some(specificity);
                 if route.http_method == *method {
                     return Lookup::Found(route, values);
                 }

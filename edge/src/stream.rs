@@ -135,6 +135,7 @@ pub async fn open(upstream: &Upstream, call: StreamCall) -> Result<Streaming<Byt
                     upstream.name
                 ),
             )
+            .with_reason(agora_kit::REASON_CIRCUIT_OPEN)
             .with_retry_after(retry_after));
         }
     };
@@ -263,15 +264,7 @@ fn items(
     replies: Streaming<Bytes>,
     stopping: impl Future<Output = ()> + Send + 'static,
 ) -> BoxStream<'static, Item> {
-    let stopped = futures::stream::once(stopping).map(|()| {
-        Err(Status::unavailable(
-            "the server is restarting; reconnect to continue",
-        ))
-    });
-    let replies = replies
-        .map(Some)
-        .chain(futures::stream::once(async { None }));
-    futures::stream::select(replies, stopped.map(Some))
+    until_stopped(replies, stopping)
         .scan(false, move |done, next| {
             if *done {
                 return std::future::ready(None);
@@ -294,6 +287,23 @@ fn items(
             std::future::ready(item)
         })
         .boxed()
+}
+
+/// The replies of a stream, then `None` when the service ends it, or an
+/// UNAVAILABLE status when the edge stops first (clients reconnect).
+pub fn until_stopped(
+    replies: Streaming<Bytes>,
+    stopping: impl Future<Output = ()> + Send + 'static,
+) -> impl futures::Stream<Item = Option<Result<Bytes, Status>>> + Send {
+    let stopped = futures::stream::once(stopping).map(|()| {
+        Err(Status::unavailable(
+            "the server is restarting; reconnect to continue",
+        ))
+    });
+    let replies = replies
+        .map(Some)
+        .chain(futures::stream::once(async { None }));
+    futures::stream::select(replies, stopped.map(Some))
 }
 
 /// Whether the client asked for Server-Sent Events.
@@ -504,7 +514,7 @@ impl Bridge {
                             }
                         }
                         Err(e) => {
-                            let e = ApiError::bad_request(e.0);
+                            let e = ApiError::from(e);
                             if !Box::pin(send_text(&mut tx, e.stream_error_json(), settings.send_timeout)).await {
                                 break None;
                             }

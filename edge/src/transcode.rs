@@ -10,10 +10,41 @@ use prost_reflect::{
 
 use crate::routes::{BodyRule, Route, resolve_path};
 
-/// A request that cannot be transcoded; the text names what was wrong.
+/// A request that cannot be transcoded; the text names what was wrong,
+/// and `field` the field's JSON path when one field is at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0}")]
-pub struct BadRequest(pub String);
+#[error("{message}")]
+pub struct BadRequest {
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl BadRequest {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// A problem with the field at `field` (a JSON path).
+    pub fn at(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+}
+
+impl From<BadRequest> for crate::error::ApiError {
+    fn from(e: BadRequest) -> Self {
+        let error = Self::bad_request(e.message.clone());
+        match e.field {
+            Some(field) => error.with_violation(field, e.message),
+            None => error,
+        }
+    }
+}
 
 /// Builds the request message: body first, then query parameters, then
 /// path variables (which win over both).
@@ -49,9 +80,7 @@ pub fn message_from_json(
     json: &[u8],
 ) -> Result<DynamicMessage, BadRequest> {
     if json.iter().all(u8::is_ascii_whitespace) {
-        return Err(BadRequest(
-            "the frame is empty; send one JSON message".into(),
-        ));
+        return Err(BadRequest::new("the frame is empty; send one JSON message"));
     }
     parse_body(desc, json, None)
 }
@@ -80,15 +109,16 @@ fn parse_body(
             }
             // A scalar or repeated body field: wrap it as `{"field": body}`.
             _ => {
-                let value: serde_json::Value = serde_json::from_slice(body)
-                    .map_err(|e| BadRequest(format!("the request body is not valid JSON: {e}")))?;
+                let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+                    BadRequest::new(format!("the request body is not valid JSON: {e}"))
+                })?;
                 let wrapped = serde_json::json!({ field.json_name(): value });
                 return DynamicMessage::deserialize_with_options(input.clone(), wrapped, &options)
                     .map_err(|e| {
-                        BadRequest(format!(
-                            "invalid value for field {:?}: {e}",
-                            field.json_name()
-                        ))
+                        BadRequest::at(
+                            field.json_name(),
+                            format!("invalid value for field {:?}: {e}", field.json_name()),
+                        )
                     });
             }
         },
@@ -96,16 +126,25 @@ fn parse_body(
     let msg = parsed.map_err(|inner| {
         let path = track.path().to_string();
         if path.is_empty() || path == "." {
-            BadRequest(format!(
+            BadRequest::new(format!(
                 "the request body is not a valid {} JSON object: {inner}",
                 input.name()
             ))
         } else {
-            BadRequest(format!("invalid value for field {path:?}: {inner}"))
+            // The path from the request message's root, as the client
+            // names fields.
+            let path = match field {
+                Some(f) => format!("{}.{path}", f.json_name()),
+                None => path,
+            };
+            BadRequest::at(
+                path.clone(),
+                format!("invalid value for field {path:?}: {inner}"),
+            )
         }
     })?;
     de.end()
-        .map_err(|e| BadRequest(format!("the request body has trailing data: {e}")))?;
+        .map_err(|e| BadRequest::new(format!("the request body has trailing data: {e}")))?;
     Ok(msg)
 }
 
@@ -135,18 +174,20 @@ fn apply_query(msg: &mut DynamicMessage, route: &Route, query: &str) -> Result<(
     for (key, value) in form_urlencoded_pairs(query) {
         let path: Vec<String> = key.split('.').map(str::to_owned).collect();
         let fields = resolve_path(&input, &path)
-            .map_err(|_| BadRequest(format!("unknown query parameter {key:?}")))?;
+            .map_err(|_| BadRequest::at(key.clone(), format!("unknown query parameter {key:?}")))?;
         if let BodyRule::Field(body_field) = &route.body
             && fields.first().is_some_and(|f| f == body_field)
         {
-            return Err(BadRequest(format!(
-                "query parameter {key:?} is part of the request body"
-            )));
+            return Err(BadRequest::at(
+                key.clone(),
+                format!("query parameter {key:?} is part of the request body"),
+            ));
         }
         if route.path_fields.iter().any(|p| p == &fields) {
-            return Err(BadRequest(format!(
-                "query parameter {key:?} is already bound by the path"
-            )));
+            return Err(BadRequest::at(
+                key.clone(),
+                format!("query parameter {key:?} is already bound by the path"),
+            ));
         }
         set_path(msg, &fields, &value, false)?;
     }
@@ -182,7 +223,7 @@ fn set_path(
         current = match current.get_field_mut(parent) {
             Value::Message(m) => m,
             _ => {
-                return Err(BadRequest(format!(
+                return Err(BadRequest::new(format!(
                     "{:?} is not a message field",
                     parent.json_name()
                 )));
@@ -191,9 +232,10 @@ fn set_path(
     }
     let name = dotted(fields);
     if leaf.is_map() {
-        return Err(BadRequest(format!(
-            "map field {name:?} cannot be set from the URL"
-        )));
+        return Err(BadRequest::at(
+            name.clone(),
+            format!("map field {name:?} cannot be set from the URL"),
+        ));
     }
     let value = scalar(&leaf.kind(), raw).map_err(|reason| {
         let place = if from_path {
@@ -201,7 +243,7 @@ fn set_path(
         } else {
             "query parameter"
         };
-        BadRequest(format!("invalid {place} {name:?}: {reason}"))
+        BadRequest::at(name.clone(), format!("invalid {place} {name:?}: {reason}"))
     })?;
     if leaf.is_list() {
         if let Value::List(list) = current.get_field_mut(leaf) {

@@ -59,7 +59,7 @@ fn transcode_err(table: &RouteTable, method: Method, path_and_query: &str, body:
     let (route, values) = find(table, method, path);
     request_message(route, &values, query, body.as_bytes())
         .expect_err("must be rejected")
-        .0
+        .message
 }
 
 #[test]

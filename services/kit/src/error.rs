@@ -65,7 +65,13 @@ impl From<Error> for Status {
     fn from(e: Error) -> Self {
         let message = e.to_string();
         match e {
-            Error::InvalidArgument { .. } => Status::invalid_argument(message),
+            // The field travels as a BadRequest violation too, so clients
+            // (and the edge, which names it in JSON) need not parse text.
+            Error::InvalidArgument { field, ref reason } => Status::with_error_details(
+                Code::InvalidArgument,
+                message,
+                ErrorDetails::with_bad_request_violation(field, reason.clone()),
+            ),
             Error::NotFound(_) => Status::not_found(message),
             Error::AlreadyExists(_) => Status::already_exists(message),
             Error::Unauthenticated(_) => Status::unauthenticated(message),
@@ -77,11 +83,15 @@ impl From<Error> for Status {
                 ErrorDetails::with_error_info(reason, crate::ERROR_DOMAIN, HashMap::new()),
             ),
             Error::Aborted(_) => Status::aborted(message),
-            Error::Busy { retry_after, .. } => Status::with_error_details(
-                Code::ResourceExhausted,
-                message,
-                ErrorDetails::with_retry_info(Some(retry_after)),
-            ),
+            Error::Busy { retry_after, .. } => {
+                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+                details.set_error_info(
+                    crate::REASON_OVERLOADED,
+                    crate::ERROR_DOMAIN,
+                    HashMap::new(),
+                );
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
             Error::Internal(e) => {
                 tracing::error!(
                     service = crate::trace::current_component(),

@@ -63,3 +63,18 @@ pub const ERROR_DOMAIN: &str = "agora";
 /// a different request. The edge answers it with 422, as it answers such a
 /// key itself, so a client sees the same whichever layer caught it.
 pub const REASON_IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+
+/// A request with the same idempotency key is still running: retry when it
+/// has finished.
+pub const REASON_IDEMPOTENCY_KEY_IN_PROGRESS: &str = "IDEMPOTENCY_KEY_IN_PROGRESS";
+
+/// The caller spent its rate limit: retry after `Retry-After`.
+pub const REASON_RATE_LIMITED: &str = "RATE_LIMITED";
+
+/// The edge or a service is at capacity and refused at once rather than
+/// queue: retry shortly, with backoff.
+pub const REASON_OVERLOADED: &str = "OVERLOADED";
+
+/// The edge stopped calling a failing service for a while (its circuit
+/// breaker is open): retry after `Retry-After`.
+pub const REASON_CIRCUIT_OPEN: &str = "CIRCUIT_OPEN";
