@@ -167,6 +167,78 @@ impl PathTemplate {
     }
 }
 
+impl PathTemplate {
+    /// The path for variable values in template order (the inverse of
+    /// [`Self::matches`]): each value percent-encoded, a `**` variable's
+    /// `/`-separated parts one segment each; `None` when the count is
+    /// wrong, a one-segment value is empty, or a value does not fill its
+    /// variable's segments.
+    pub fn expand(&self, values: &[&str]) -> Option<String> {
+        if values.len() != self.variables.len() {
+            return None;
+        }
+        let mut parts: Vec<String> = Vec::with_capacity(self.segments.len());
+        let mut next = 0;
+        for (var, value) in self.variables.iter().zip(values) {
+            for seg in &self.segments[next..var.start] {
+                parts.push(literal(seg)?);
+            }
+            let pieces: Vec<&str> = value.split('/').collect();
+            let width = var.end.map(|end| end - var.start);
+            match width {
+                // One segment: the whole value, `/` included, encoded.
+                Some(1) if self.segments[var.start] == Segment::Single => {
+                    if value.is_empty() {
+                        return None;
+                    }
+                    parts.push(encode(value));
+                }
+                Some(n) if pieces.len() != n => return None,
+                _ => {}
+            }
+            if width != Some(1) || self.segments[var.start] != Segment::Single {
+                for (i, piece) in pieces.iter().enumerate() {
+                    match self.segments.get(var.start + i) {
+                        Some(Segment::Literal(lit)) if lit != piece => return None,
+                        Some(Segment::Single) if piece.is_empty() => return None,
+                        _ => parts.push(encode(piece)),
+                    }
+                }
+            }
+            next = var.end.unwrap_or(self.segments.len());
+        }
+        for seg in &self.segments[next..] {
+            parts.push(literal(seg)?);
+        }
+        let mut path = format!("/{}", parts.join("/"));
+        if let Some(verb) = &self.verb {
+            path.push(':');
+            path.push_str(verb);
+        }
+        Some(path)
+    }
+}
+
+/// A literal segment as it stands; wildcards outside variables have no
+/// value to expand.
+fn literal(seg: &Segment) -> Option<String> {
+    match seg {
+        Segment::Literal(lit) => Some(lit.clone()),
+        _ => None,
+    }
+}
+
+/// Everything but RFC 3986's unreserved characters is encoded, so a value
+/// never reads as a separator (`/`) or a verb (`:`).
+fn encode(value: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(value, SET).to_string()
+}
+
 fn parse_segment(seg: &str) -> Option<Segment> {
     match seg {
         "" => None,

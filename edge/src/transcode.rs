@@ -390,12 +390,23 @@ fn serialize_options() -> SerializeOptions {
     SerializeOptions::new().skip_default_fields(false)
 }
 
+/// Renders a whole message as the edge writes JSON (every field, default
+/// or not, in JSON names).
+pub fn message_json(msg: &DynamicMessage) -> Result<Vec<u8>, serde_json::Error> {
+    let mut out = Vec::with_capacity(256);
+    msg.serialize_with_options(
+        &mut serde_json::Serializer::new(&mut out),
+        &serialize_options(),
+    )?;
+    Ok(out)
+}
+
 /// Renders a response message (or its `response_body` field) as JSON.
 pub fn response_json(route: &Route, msg: &DynamicMessage) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(256);
     let mut ser = serde_json::Serializer::new(&mut out);
     match &route.response_body {
-        None => msg.serialize_with_options(&mut ser, &serialize_options())?,
+        None => return message_json(msg),
         Some(field) => match msg.get_field(field).as_ref() {
             Value::Message(inner) => {
                 inner.serialize_with_options(&mut ser, &serialize_options())?
