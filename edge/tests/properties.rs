@@ -4,7 +4,7 @@
 //! The suite runs 256 cases per property; for a long local run:
 //! `PROPTEST_CASES=100000 cargo nextest run -p agora-edge --test properties`.
 
-use std::path::Path;
+mod support;
 
 use agora_edge::{
     routes::{Lookup, RouteTable},
@@ -18,6 +18,7 @@ use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage as _,
     Value,
 };
+use support::test_pool;
 
 /// The default case count (PROPTEST_CASES overrides it), without failure
 /// files in the source tree.
@@ -26,17 +27,6 @@ fn config() -> ProptestConfig {
         failure_persistence: None,
         ..ProptestConfig::default()
     }
-}
-
-fn test_pool() -> DescriptorPool {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut compiler = protox::Compiler::new([root.join("tests/protos"), root.join("../proto")])
-        .expect("include paths");
-    compiler.include_imports(true);
-    compiler
-        .open_files(["agora/testing/v1/transcode.proto"])
-        .expect("test proto compiles");
-    DescriptorPool::decode(compiler.encode_file_descriptor_set().as_slice()).expect("decodes")
 }
 
 // ---- path templates -------------------------------------------------

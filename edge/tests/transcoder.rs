@@ -2,26 +2,17 @@
 //! `google.api.http` feature: routes and messages are checked exactly as
 //! the edge builds them from descriptors.
 
-use std::path::Path;
+mod support;
 
 use agora_edge::{
     routes::{Lookup, Route, RouteKind, RouteTable},
     transcode::{request_message, response_json},
 };
 use http::Method;
-use prost_reflect::{DescriptorPool, DynamicMessage, ReflectMessage, Value};
+use prost_reflect::{DynamicMessage, ReflectMessage, Value};
 
 fn table() -> RouteTable {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut compiler = protox::Compiler::new([root.join("tests/protos"), root.join("../proto")])
-        .expect("include paths");
-    compiler.include_imports(true);
-    compiler
-        .open_files(["agora/testing/v1/transcode.proto"])
-        .expect("test proto compiles");
-    let bytes = compiler.encode_file_descriptor_set();
-    let pool = DescriptorPool::decode(bytes.as_slice()).expect("descriptor set decodes");
-    RouteTable::from_pool(&pool, "agora.testing.").expect("routes build")
+    RouteTable::from_pool(&support::test_pool(), "agora.testing.").expect("routes build")
 }
 
 fn find<'a>(table: &'a RouteTable, method: Method, path: &str) -> (&'a Route, Vec<String>) {
@@ -284,15 +275,7 @@ fn responses_use_camel_case_string_int64_enum_names_and_include_defaults() {
 
 #[test]
 fn stream_bindings_are_served_or_refused_at_start_naming_the_method() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut compiler = protox::Compiler::new([root.join("tests/protos"), root.join("../proto")])
-        .expect("include paths");
-    compiler.include_imports(true);
-    compiler
-        .open_files(["agora/testing/streaming/v1/streaming.proto"])
-        .expect("test proto compiles");
-    let bytes = compiler.encode_file_descriptor_set();
-    let pool = DescriptorPool::decode(bytes.as_slice()).expect("descriptor set decodes");
+    let pool = support::compile("agora/testing/streaming/v1/streaming.proto");
     for (service, method, reason) in [
         ("ChatterService", "Talk", "bidi-streaming"),
         ("UploadService", "Upload", "client-streaming"),
