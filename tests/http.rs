@@ -177,3 +177,76 @@ async fn get_answers_carry_etags_and_an_unchanged_resource_answers_304() {
     assert!(r.headers().get("etag").is_none());
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn transcoding_options_shape_answers_errors_and_the_document_alike() {
+    let mesh = spawn_mesh_with(|c| {
+        c.edge.transcoding = agora_edge::routes::Transcoding {
+            emit_unpopulated: false,
+            use_proto_names: true,
+            enums_as_numbers: true,
+            unknown_query_parameters: agora_edge::routes::UnknownQuery::Ignore,
+        }
+    })
+    .await;
+    let staff = staff(&mesh).await;
+    let cat = category(&mesh, &staff, "options-lamps", None).await;
+    let r = mesh
+        .post(
+            "/api/v1/products",
+            Some(&staff),
+            json!({"sku": "OPT-1", "name": "Option lamp", "category_id": cat,
+                   "price": {"currency": "EUR", "amount_minor": "700"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_owned();
+
+    let r = mesh.get(&format!("/api/v1/products/{id}"), None).await;
+    assert_eq!(r.body["category_id"], cat.as_str(), "{:?}", r.body);
+    assert_eq!(r.body["price"]["amount_minor"], "700");
+    assert!(r.body.get("categoryId").is_none());
+    assert!(
+        r.body.get("description").is_none(),
+        "an empty description is left out: {:?}",
+        r.body
+    );
+
+    // Unknown parameters are ignored; known ones still apply, by either name.
+    let r = mesh
+        .get("/api/v1/products?colour=red&page_size=1", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["products"].as_array().expect("products").len(), 1);
+
+    // Errors name fields as the answers do.
+    let r = mesh
+        .post(
+            "/api/v1/products",
+            Some(&staff),
+            json!({"sku": "OPT-2", "name": "N", "category_id": uuid::Uuid::new_v4(),
+                   "price": {"currency": "EUR", "amount_minor": "1"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.body["details"][0]["fieldViolations"][0]["field"], "product.category_id",
+        "{:?}",
+        r.body
+    );
+
+    // The document describes the same shapes.
+    let doc: Value = mesh.get("/api/v1/openapi.json", None).await.body;
+    let product = &doc["components"]["schemas"]["agora.catalog.v1.Product"]["properties"];
+    assert!(product.get("category_id").is_some(), "{product}");
+    assert!(product.get("categoryId").is_none());
+    let params = doc["paths"]["/api/v1/products"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters");
+    let order = params
+        .iter()
+        .find(|p| p["name"] == "order_by")
+        .expect("order_by");
+    assert_eq!(order["schema"]["type"], "integer", "{order}");
+    mesh.stop().await;
+}

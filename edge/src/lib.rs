@@ -128,6 +128,8 @@ pub struct EdgeConfig {
     pub key_prefix: String,
     /// Rate limits.
     pub rate_limits: RateLimitConfig,
+    /// How JSON and query strings map to messages.
+    pub transcoding: routes::Transcoding,
     /// The services behind the edge and how to call each.
     pub upstreams: UpstreamsConfig,
 }
@@ -149,6 +151,7 @@ impl Default for EdgeConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
             key_prefix: "agora:edge:".into(),
             rate_limits: RateLimitConfig::default(),
+            transcoding: routes::Transcoding::default(),
             upstreams: UpstreamsConfig::default(),
         }
     }
@@ -190,6 +193,14 @@ impl EdgeConfig {
         env.string_into("REDIS_URL", &mut self.redis_url);
         env.string_into("AGORA_EDGE_KEY_PREFIX", &mut self.key_prefix);
         self.rate_limits.apply_env(env)?;
+        let t = &mut self.transcoding;
+        env.parse_into("AGORA_EDGE_EMIT_UNPOPULATED", &mut t.emit_unpopulated)?;
+        env.parse_into("AGORA_EDGE_USE_PROTO_NAMES", &mut t.use_proto_names)?;
+        env.parse_into("AGORA_EDGE_ENUMS_AS_NUMBERS", &mut t.enums_as_numbers)?;
+        env.parse_into(
+            "AGORA_EDGE_UNKNOWN_QUERY_PARAMETERS",
+            &mut t.unknown_query_parameters,
+        )?;
         self.upstreams.apply_env(env)?;
         self.validate()
     }
@@ -270,7 +281,8 @@ impl EdgeComponent {
         config.validate()?;
         let pool = DescriptorPool::decode(agora_proto::FILE_DESCRIPTOR_SET)
             .context("Failed to read the contracts")?;
-        let routes = Arc::new(RouteTable::from_pool(&pool, "agora.")?);
+        let routes =
+            Arc::new(RouteTable::from_pool(&pool, "agora.")?.with_transcoding(config.transcoding));
         for name in config.upstreams.0.keys() {
             let served = routes
                 .routes()

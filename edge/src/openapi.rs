@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Value, json};
 
-use crate::routes::{BodyRule, Route, RouteKind, RouteTable};
+use crate::routes::{BodyRule, Route, RouteKind, RouteTable, Transcoding};
 
 pub fn document(table: &RouteTable) -> Value {
     let mut paths: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
@@ -74,6 +74,7 @@ fn openapi_path(route: &Route, names: &[String]) -> String {
 }
 
 fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Value>) -> Value {
+    let opts = &route.transcoding;
     let input = route.input();
     let mut params = Vec::new();
     for ((var, fields), name) in route
@@ -85,7 +86,7 @@ fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Val
     {
         let leaf = fields
             .last()
-            .map(field_schema)
+            .map(|f| field_schema(f, opts))
             .unwrap_or_else(|| json!({"type": "string"}));
         let field = var.field_path.join(".");
         let mut param = json!({"name": name, "in": "path", "required": true, "schema": leaf});
@@ -118,7 +119,7 @@ fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Val
                     continue;
                 }
                 params.push(
-                    json!({"name": f.json_name(), "in": "query", "schema": field_schema(&f)}),
+                    json!({"name": opts.field_name(&f), "in": "query", "schema": field_schema(&f, opts)}),
                 );
             }
         }
@@ -126,8 +127,8 @@ fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Val
     }
     let body_schema = match &route.body {
         BodyRule::None => None,
-        BodyRule::All => Some(message_ref(&input, schemas)),
-        BodyRule::Field(f) => Some(kind_schema(f, schemas)),
+        BodyRule::All => Some(message_ref(&input, schemas, opts)),
+        BodyRule::Field(f) => Some(kind_schema(f, schemas, opts)),
     };
     if let Some(schema) = body_schema {
         op.insert(
@@ -137,8 +138,8 @@ fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Val
     }
     let output = route.method.output();
     let resp_schema = match &route.response_body {
-        None => message_ref(&output, schemas),
-        Some(f) => kind_schema(f, schemas),
+        None => message_ref(&output, schemas, opts),
+        Some(f) => kind_schema(f, schemas, opts),
     };
     op.insert("parameters".into(), Value::Array(params));
     let ok = match route.kind {
@@ -193,7 +194,11 @@ fn is_string_wkt(m: &MessageDescriptor) -> bool {
     )
 }
 
-fn message_ref(m: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -> Value {
+fn message_ref(
+    m: &MessageDescriptor,
+    schemas: &mut BTreeMap<String, Value>,
+    opts: &Transcoding,
+) -> Value {
     if is_string_wkt(m) {
         return wkt_schema(m);
     }
@@ -202,7 +207,10 @@ fn message_ref(m: &MessageDescriptor, schemas: &mut BTreeMap<String, Value>) -> 
         schemas.insert(name.clone(), Value::Null);
         let mut props = serde_json::Map::new();
         for f in m.fields() {
-            props.insert(f.json_name().to_owned(), kind_schema(&f, schemas));
+            props.insert(
+                opts.field_name(&f).to_owned(),
+                kind_schema(&f, schemas, opts),
+            );
         }
         schemas.insert(name.clone(), json!({"type": "object", "properties": props}));
     }
@@ -219,14 +227,18 @@ fn wkt_schema(m: &MessageDescriptor) -> Value {
     }
 }
 
-fn kind_schema(f: &FieldDescriptor, schemas: &mut BTreeMap<String, Value>) -> Value {
+fn kind_schema(
+    f: &FieldDescriptor,
+    schemas: &mut BTreeMap<String, Value>,
+    opts: &Transcoding,
+) -> Value {
     let single = match f.kind() {
         Kind::Message(m) if f.is_map() => {
             let value = m.map_entry_value_field();
-            return json!({"type": "object", "additionalProperties": kind_schema(&value, schemas)});
+            return json!({"type": "object", "additionalProperties": kind_schema(&value, schemas, opts)});
         }
-        Kind::Message(m) => message_ref(&m, schemas),
-        _ => field_schema(f),
+        Kind::Message(m) => message_ref(&m, schemas, opts),
+        _ => field_schema(f, opts),
     };
     if f.is_list() {
         json!({"type": "array", "items": single})
@@ -235,7 +247,7 @@ fn kind_schema(f: &FieldDescriptor, schemas: &mut BTreeMap<String, Value>) -> Va
     }
 }
 
-fn field_schema(f: &FieldDescriptor) -> Value {
+fn field_schema(f: &FieldDescriptor, opts: &Transcoding) -> Value {
     match f.kind() {
         Kind::String => json!({"type": "string"}),
         Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
@@ -248,6 +260,9 @@ fn field_schema(f: &FieldDescriptor) -> Value {
         Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
         Kind::Float => json!({"type": "number", "format": "float"}),
         Kind::Double => json!({"type": "number", "format": "double"}),
+        Kind::Enum(e) if opts.enums_as_numbers => {
+            json!({"type": "integer", "enum": e.values().map(|v| v.number()).collect::<Vec<_>>()})
+        }
         Kind::Enum(e) => {
             json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
         }

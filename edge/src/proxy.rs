@@ -263,7 +263,7 @@ async fn call(
         },
     )
     .await
-    .map_err(|e| e.in_json_names(&route.input()))
+    .map_err(|e| in_route_names(route, e))
     .and_then(|reply| render(route, reply, reads));
     let (status, json, version) = match reply {
         Ok((json, version)) => (StatusCode::OK, Bytes::from(json), version),
@@ -355,6 +355,16 @@ fn allow_value(allowed: &[http::Method]) -> String {
     );
     out.push("OPTIONS");
     out.join(", ")
+}
+
+/// An upstream's error with its fields named as the route's clients name
+/// them: JSON names, unless the edge answers in proto names.
+fn in_route_names(route: &Route, e: ApiError) -> ApiError {
+    if route.transcoding.use_proto_names {
+        e
+    } else {
+        e.in_json_names(&route.input())
+    }
 }
 
 /// One of the edge's stream slots, or a refusal when all are taken.
@@ -469,7 +479,7 @@ async fn open_stream(
     };
     let replies = stream::open(upstream, call)
         .await
-        .map_err(|e| e.in_json_names(&route.input()))?;
+        .map_err(|e| in_route_names(route, e))?;
     let stopping = state.shutdown.stopping_owned();
     Ok(match ws {
         Some(ws) => Bridge {

@@ -69,6 +69,74 @@ pub struct Route {
     pub idempotent: bool,
     /// The contract's `agora.api.v1.rate_limit` option (default: none).
     pub rate_limit: RateLimit,
+    /// How JSON and query strings map to messages on this route.
+    pub transcoding: Transcoding,
+}
+
+/// JSON and query mapping options, as grpc-gateway's marshaler options
+/// (`[edge.transcoding]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Transcoding {
+    /// Write fields that hold their default value (`0`, `""`, `[]`, the
+    /// zero enum) rather than leave them out
+    /// (`AGORA_EDGE_EMIT_UNPOPULATED`, default true).
+    pub emit_unpopulated: bool,
+    /// Name fields as the contracts spell them (`page_size`) instead of
+    /// their JSON names (`pageSize`) in answers and in the OpenAPI document
+    /// (`AGORA_EDGE_USE_PROTO_NAMES`, default false). Requests may use
+    /// either.
+    pub use_proto_names: bool,
+    /// Write enum values as numbers instead of names
+    /// (`AGORA_EDGE_ENUMS_AS_NUMBERS`, default false). Requests may use
+    /// either.
+    pub enums_as_numbers: bool,
+    /// What to do with a query parameter that names no field:
+    /// `reject` it with 400 naming it, or `ignore` it
+    /// (`AGORA_EDGE_UNKNOWN_QUERY_PARAMETERS`, default `reject`).
+    pub unknown_query_parameters: UnknownQuery,
+}
+
+impl Default for Transcoding {
+    fn default() -> Self {
+        Self {
+            emit_unpopulated: true,
+            use_proto_names: false,
+            enums_as_numbers: false,
+            unknown_query_parameters: UnknownQuery::Reject,
+        }
+    }
+}
+
+/// See [`Transcoding::unknown_query_parameters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownQuery {
+    Reject,
+    Ignore,
+}
+
+impl std::str::FromStr for UnknownQuery {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "reject" => Ok(Self::Reject),
+            "ignore" => Ok(Self::Ignore),
+            _ => Err(format!("{s:?} is neither reject nor ignore")),
+        }
+    }
+}
+
+impl Transcoding {
+    /// The name a field has in JSON under these options.
+    pub fn field_name<'a>(&self, field: &'a FieldDescriptor) -> &'a str {
+        if self.use_proto_names {
+            field.name()
+        } else {
+            field.json_name()
+        }
+    }
 }
 
 impl Route {
@@ -232,6 +300,14 @@ impl RouteTable {
         &self.routes
     }
 
+    /// Sets every route's transcoding options.
+    pub fn with_transcoding(mut self, options: Transcoding) -> Self {
+        for route in &mut self.routes {
+            route.transcoding = options;
+        }
+        self
+    }
+
     /// A route of the method at `/package.Service/Method`, for calls that
     /// name the method itself (gRPC-Web).
     pub fn by_grpc_path(&self, path: &str) -> Option<&Route> {
@@ -373,6 +449,7 @@ impl Route {
             access,
             idempotent,
             rate_limit,
+            transcoding: Transcoding::default(),
         })
     }
 }
@@ -381,23 +458,45 @@ impl Route {
 pub fn resolve_path(
     root: &MessageDescriptor,
     path: &[String],
-) -> Result<Vec<FieldDescriptor>, String> {
+) -> Result<Vec<FieldDescriptor>, PathError> {
     let mut out = Vec::with_capacity(path.len());
     let mut current = root.clone();
     for (i, name) in path.iter().enumerate() {
         let field = current
             .get_field_by_name(name)
             .or_else(|| current.get_field_by_json_name(name))
-            .ok_or_else(|| format!("{} has no field {name:?}", current.full_name()))?;
+            .ok_or_else(|| {
+                PathError::Unknown(format!("{} has no field {name:?}", current.full_name()))
+            })?;
         if i + 1 < path.len() {
             match field.kind() {
                 Kind::Message(m) if !field.is_list() && !field.is_map() => current = m,
-                _ => return Err(format!("{name:?} is not a message field")),
+                Kind::Message(_) if field.is_list() => {
+                    return Err(PathError::Unreachable(format!(
+                        "{name:?} is a repeated message field; send it in the request body"
+                    )));
+                }
+                _ => {
+                    return Err(PathError::Unreachable(format!(
+                        "{name:?} is not a message field"
+                    )));
+                }
             }
         }
         out.push(field);
     }
     Ok(out)
+}
+
+/// Why a field path does not resolve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// A name that is no field.
+    #[error("{0}")]
+    Unknown(String),
+    /// A field that a path cannot reach into (a list, a map, a scalar).
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// `agora.users.v1` → `users`: the upstream serving a contract package.

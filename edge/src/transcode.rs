@@ -8,7 +8,7 @@ use prost_reflect::{
     SerializeOptions, Value,
 };
 
-use crate::routes::{BodyRule, Route, resolve_path};
+use crate::routes::{BodyRule, PathError, Route, Transcoding, UnknownQuery, resolve_path};
 
 /// A request that cannot be transcoded; the text names what was wrong,
 /// and `field` the field's JSON path when one field is at fault.
@@ -173,8 +173,26 @@ fn apply_query(msg: &mut DynamicMessage, route: &Route, query: &str) -> Result<(
     let input = route.input();
     for (key, value) in form_urlencoded_pairs(query) {
         let path: Vec<String> = key.split('.').map(str::to_owned).collect();
-        let fields = resolve_path(&input, &path)
-            .map_err(|_| BadRequest::at(key.clone(), format!("unknown query parameter {key:?}")))?;
+        let fields = match resolve_path(&input, &path) {
+            Ok(fields) => fields,
+            Err(PathError::Unknown(_))
+                if route.transcoding.unknown_query_parameters == UnknownQuery::Ignore =>
+            {
+                continue;
+            }
+            Err(PathError::Unknown(_)) => {
+                return Err(BadRequest::at(
+                    key.clone(),
+                    format!("unknown query parameter {key:?}"),
+                ));
+            }
+            Err(PathError::Unreachable(reason)) => {
+                return Err(BadRequest::at(
+                    key.clone(),
+                    format!("query parameter {key:?} cannot be set: {reason}"),
+                ));
+            }
+        };
         if let BodyRule::Field(body_field) = &route.body
             && fields.first().is_some_and(|f| f == body_field)
         {
@@ -237,6 +255,16 @@ fn set_path(
             format!("map field {name:?} cannot be set from the URL"),
         ));
     }
+    if let Kind::Message(m) = leaf.kind()
+        && !is_string_form(&m)
+    {
+        let reason = if leaf.is_list() {
+            format!("{name:?} is a repeated message field; send it in the request body")
+        } else {
+            format!("{name:?} is a message; set its fields ({name}.<field>=…)")
+        };
+        return Err(BadRequest::at(name.clone(), reason));
+    }
     let value = scalar(&leaf.kind(), raw).map_err(|reason| {
         let place = if from_path {
             "path variable"
@@ -261,6 +289,16 @@ fn dotted(fields: &[FieldDescriptor]) -> String {
         .map(|f| f.json_name().to_owned())
         .collect::<Vec<_>>()
         .join(".")
+}
+
+/// Well-known types whose JSON form is a scalar, so a URL value can carry
+/// one.
+fn is_string_form(m: &MessageDescriptor) -> bool {
+    m.full_name().starts_with("google.protobuf.")
+        && m.full_name() != "google.protobuf.Struct"
+        && m.full_name() != "google.protobuf.ListValue"
+        && m.full_name() != "google.protobuf.Any"
+        && m.full_name() != "google.protobuf.Empty"
 }
 
 /// Parses one URL value as a field of `kind`, per the proto3 JSON mapping.
@@ -386,17 +424,23 @@ fn infer_update_mask(
 /// Serialization used for every response: lowerCamel names, 64-bit
 /// integers as strings, enums by name, and default values included so
 /// clients see every field of the contract.
-fn serialize_options() -> SerializeOptions {
-    SerializeOptions::new().skip_default_fields(false)
+fn serialize_options(options: &Transcoding) -> SerializeOptions {
+    SerializeOptions::new()
+        .skip_default_fields(!options.emit_unpopulated)
+        .use_proto_field_name(options.use_proto_names)
+        .use_enum_numbers(options.enums_as_numbers)
 }
 
 /// Renders a whole message as the edge writes JSON (every field, default
 /// or not, in JSON names).
-pub fn message_json(msg: &DynamicMessage) -> Result<Vec<u8>, serde_json::Error> {
+pub fn message_json(
+    msg: &DynamicMessage,
+    options: &Transcoding,
+) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(256);
     msg.serialize_with_options(
         &mut serde_json::Serializer::new(&mut out),
-        &serialize_options(),
+        &serialize_options(options),
     )?;
     Ok(out)
 }
@@ -406,18 +450,30 @@ pub fn response_json(route: &Route, msg: &DynamicMessage) -> Result<Vec<u8>, ser
     let mut out = Vec::with_capacity(256);
     let mut ser = serde_json::Serializer::new(&mut out);
     match &route.response_body {
-        None => return message_json(msg),
+        None => return message_json(msg, &route.transcoding),
         Some(field) => match msg.get_field(field).as_ref() {
             Value::Message(inner) => {
-                inner.serialize_with_options(&mut ser, &serialize_options())?
+                inner.serialize_with_options(&mut ser, &serialize_options(&route.transcoding))?
             }
             _ => {
-                let whole = msg
-                    .serialize_with_options(serde_json::value::Serializer, &serialize_options())?;
+                let whole = msg.serialize_with_options(
+                    serde_json::value::Serializer,
+                    &serialize_options(&route.transcoding),
+                )?;
+                // Left out when it holds its default and defaults are not
+                // emitted: an empty list or map is still one.
                 let part = whole
-                    .get(field.json_name())
+                    .get(route.transcoding.field_name(field))
                     .cloned()
-                    .unwrap_or(serde_json::Value::Null);
+                    .unwrap_or_else(|| {
+                        if field.is_list() {
+                            serde_json::Value::Array(Vec::new())
+                        } else if field.is_map() {
+                            serde_json::Value::Object(serde_json::Map::new())
+                        } else {
+                            serde_json::Value::Null
+                        }
+                    });
                 serde::Serialize::serialize(&part, &mut ser)?;
             }
         },

@@ -7,7 +7,7 @@
 mod support;
 
 use agora_edge::{
-    routes::{Lookup, RouteTable},
+    routes::{Lookup, RouteTable, Transcoding},
     template::PathTemplate,
     transcode::{message_from_json, message_json, request_message},
 };
@@ -353,11 +353,23 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn messages_survive_json_and_back(msg in any_test_message()) {
-        let json = message_json(&msg).expect("renders");
+    fn messages_survive_json_and_back(
+        msg in any_test_message(),
+        emit_unpopulated in any::<bool>(),
+        use_proto_names in any::<bool>(),
+        enums_as_numbers in any::<bool>(),
+    ) {
+        // Whatever the transcoding options, the edge reads what it writes.
+        let options = Transcoding {
+            emit_unpopulated,
+            use_proto_names,
+            enums_as_numbers,
+            ..Transcoding::default()
+        };
+        let json = message_json(&msg, &options).expect("renders");
         let back = message_from_json(&msg.descriptor(), &json).expect("the edge reads its own JSON");
         prop_assert_eq!(
-            message_json(&back).expect("renders"),
+            message_json(&back, &options).expect("renders"),
             json.clone(),
             "{}",
             String::from_utf8_lossy(&json)

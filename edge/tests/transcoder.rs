@@ -5,7 +5,7 @@
 mod support;
 
 use agora_edge::{
-    routes::{Lookup, Route, RouteKind, RouteTable},
+    routes::{Lookup, Route, RouteKind, RouteTable, Transcoding, UnknownQuery},
     transcode::{request_message, response_json},
 };
 use http::Method;
@@ -187,6 +187,43 @@ fn bad_query_parameters_name_the_parameter() {
     );
     let err = transcode_err(&t, Method::GET, "/v1/books?colour=red", "");
     assert!(err.contains("colour"), "{err}");
+    // Repeated messages belong in a body; messages are set field by field.
+    for query in ["shelves=s1", "shelves.id=s1"] {
+        let err = transcode_err(&t, Method::GET, &format!("/v1/books?{query}"), "");
+        assert!(
+            err.contains("\"shelves\" is a repeated message field; send it in the request body"),
+            "{query}: {err}"
+        );
+    }
+    let err = transcode_err(&t, Method::GET, "/v1/books?filter=x", "");
+    assert!(err.contains("filter.<field>"), "{err}");
+}
+
+#[test]
+fn unknown_query_parameters_can_be_ignored_and_answers_shaped_by_the_options() {
+    let t = table().with_transcoding(Transcoding {
+        emit_unpopulated: false,
+        use_proto_names: true,
+        enums_as_numbers: true,
+        unknown_query_parameters: UnknownQuery::Ignore,
+    });
+    let (_, json) = transcode(&t, Method::GET, "/v1/books?colour=red&pageSize=5", "");
+    assert_eq!(json["pageSize"], 5, "known parameters still apply");
+    // Requests may name fields either way.
+    let (_, json) = transcode(&t, Method::GET, "/v1/books?page_size=7", "");
+    assert_eq!(json["pageSize"], 7);
+
+    let (route, _) = find(&t, Method::GET, "/v1/books/b1");
+    let mut book = DynamicMessage::new(route.method.output());
+    book.set_field_by_name("page_count", Value::I64(12));
+    book.set_field_by_name("genre", Value::EnumNumber(2));
+    let out: serde_json::Value =
+        serde_json::from_slice(&response_json(route, &book).expect("renders")).expect("json");
+    assert_eq!(
+        out,
+        serde_json::json!({"page_count": "12", "genre": 2}),
+        "proto names, enum numbers, defaults left out"
+    );
 }
 
 #[test]

@@ -178,47 +178,6 @@ impl AnalyticsConfig {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn settings_are_checked_and_errors_name_them() {
-        let mut config = AnalyticsConfig::default();
-        config
-            .apply_env(&Env::from_pairs([
-                ("AGORA_ANALYTICS_ADDR", "127.0.0.1:8100"),
-                ("AGORA_ANALYTICS_RAW_RETENTION_DAYS", "30"),
-                ("AGORA_ANALYTICS_CONCURRENCY", "4"),
-                ("AGORA_ANALYTICS_VISIBILITY_SECS", "60"),
-                ("AGORA_ANALYTICS_WAIT_SECS", "0"),
-                ("AGORA_ANALYTICS_JOBS", "false"),
-                ("AGORA_ANALYTICS_JOB_CHECK_SECS", "5"),
-            ]))
-            .expect("valid");
-        assert_eq!(config.addr.port(), 8100);
-        assert_eq!(config.retention(), Duration::from_secs(30 * 86_400));
-        assert_eq!(config.concurrency, 4);
-        assert_eq!(config.visibility, Duration::from_secs(60));
-        assert_eq!(config.wait, Duration::ZERO);
-        assert!(!config.jobs);
-        assert_eq!(config.job_check, Duration::from_secs(5));
-        for (name, value) in [
-            ("AGORA_ANALYTICS_RAW_RETENTION_DAYS", "2"),
-            ("AGORA_ANALYTICS_CONCURRENCY", "0"),
-            ("AGORA_ANALYTICS_VISIBILITY_SECS", "1"),
-            ("AGORA_ANALYTICS_WAIT_SECS", "21"),
-            ("AGORA_ANALYTICS_JOB_CHECK_SECS", "0"),
-            ("MONGODB_URI", "postgres://nope"),
-        ] {
-            let err = AnalyticsConfig::default()
-                .apply_env(&Env::from_pairs([(name, value)]))
-                .expect_err(name);
-            assert!(err.to_string().contains(name), "{err}");
-        }
-    }
-}
-
 /// Connects both stores, migrating PostgreSQL if configured.
 pub async fn connect(config: &AnalyticsConfig, db: &DatabaseConfig) -> anyhow::Result<Store> {
     let pool = DATABASE.open(db).await?;
@@ -332,5 +291,46 @@ impl AnalyticsComponent {
             scheduler.abort();
         }
         served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_and_errors_name_them() {
+        let mut config = AnalyticsConfig::default();
+        config
+            .apply_env(&Env::from_pairs([
+                ("AGORA_ANALYTICS_ADDR", "127.0.0.1:8100"),
+                ("AGORA_ANALYTICS_RAW_RETENTION_DAYS", "30"),
+                ("AGORA_ANALYTICS_CONCURRENCY", "4"),
+                ("AGORA_ANALYTICS_VISIBILITY_SECS", "60"),
+                ("AGORA_ANALYTICS_WAIT_SECS", "0"),
+                ("AGORA_ANALYTICS_JOBS", "false"),
+                ("AGORA_ANALYTICS_JOB_CHECK_SECS", "5"),
+            ]))
+            .expect("valid");
+        assert_eq!(config.addr.port(), 8100);
+        assert_eq!(config.retention(), Duration::from_secs(30 * 86_400));
+        assert_eq!(config.concurrency, 4);
+        assert_eq!(config.visibility, Duration::from_secs(60));
+        assert_eq!(config.wait, Duration::ZERO);
+        assert!(!config.jobs);
+        assert_eq!(config.job_check, Duration::from_secs(5));
+        for (name, value) in [
+            ("AGORA_ANALYTICS_RAW_RETENTION_DAYS", "2"),
+            ("AGORA_ANALYTICS_CONCURRENCY", "0"),
+            ("AGORA_ANALYTICS_VISIBILITY_SECS", "1"),
+            ("AGORA_ANALYTICS_WAIT_SECS", "21"),
+            ("AGORA_ANALYTICS_JOB_CHECK_SECS", "0"),
+            ("MONGODB_URI", "postgres://nope"),
+        ] {
+            let err = AnalyticsConfig::default()
+                .apply_env(&Env::from_pairs([(name, value)]))
+                .expect_err(name);
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 }

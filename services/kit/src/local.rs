@@ -93,16 +93,16 @@ mod tests {
 
     #[test]
     fn a_wildcard_listener_serves_loopback_only() {
-        let any: SocketAddr = "0.0.0.0:3002".parse().unwrap();
-        assert!(serves(any, "127.0.0.1:3002".parse().unwrap()));
+        let any: SocketAddr = "0.0.0.0:3002".parse().expect("address");
+        assert!(serves(any, "127.0.0.1:3002".parse().expect("address")));
         assert!(serves(
-            "[::]:3002".parse().unwrap(),
-            "[::1]:3002".parse().unwrap()
+            "[::]:3002".parse().expect("address"),
+            "[::1]:3002".parse().expect("address")
         ));
-        assert!(!serves(any, "10.1.2.3:3002".parse().unwrap()));
-        assert!(!serves(any, "127.0.0.1:3003".parse().unwrap()));
-        let own: SocketAddr = "127.0.0.1:3002".parse().unwrap();
+        assert!(!serves(any, "10.1.2.3:3002".parse().expect("address")));
+        assert!(!serves(any, "127.0.0.1:3003".parse().expect("address")));
+        let own: SocketAddr = "127.0.0.1:3002".parse().expect("address");
         assert!(serves(own, own));
-        assert!(!serves(own, "127.0.0.2:3002".parse().unwrap()));
+        assert!(!serves(own, "127.0.0.2:3002".parse().expect("address")));
     }
 }
