@@ -113,6 +113,19 @@ impl ApiError {
         }
     }
 
+    /// INVALID_ARGUMENT for `violations` (at least one), the message
+    /// naming each.
+    pub fn invalid_fields(violations: Vec<Violation>) -> Self {
+        let message = violations
+            .iter()
+            .map(|v| format!("{}: {}", v.field, v.description))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut error = Self::bad_request(message);
+        error.violations = violations;
+        error
+    }
+
     /// Adds a field violation (`field` is the JSON path the client used).
     pub fn with_violation(
         mut self,
@@ -144,8 +157,11 @@ impl ApiError {
             let json = json_path(input, &v.field);
             if json != v.field {
                 let proto = format!("{}:", v.field);
-                if self.message.starts_with(&proto) || self.message.contains(&format!(" {proto}")) {
+                if self.message.starts_with(&proto) {
                     self.message = self.message.replacen(&proto, &format!("{json}:"), 1);
+                } else {
+                    let proto = format!(" {proto}");
+                    self.message = self.message.replacen(&proto, &format!(" {json}:"), 1);
                 }
                 v.field = json;
             }

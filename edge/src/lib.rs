@@ -6,6 +6,7 @@
 //! - [`template`]: `google.api.http` path templates.
 //! - [`routes`]: the route table built from the descriptor set.
 //! - [`transcode`]: JSON/URL ⇄ dynamic protobuf messages.
+//! - [`validate`]: the contracts' field rules (protovalidate, field_behavior).
 //! - [`codec`]: a pass-through gRPC codec for dynamic calls.
 //! - [`proxy`]: the request handler tying these together.
 //! - [`stream`]: server streams as SSE/NDJSON, WebSocket bridges.
@@ -42,6 +43,7 @@ pub mod stream;
 pub mod template;
 pub mod transcode;
 pub mod upstream;
+pub mod validate;
 
 use std::{
     net::SocketAddr,

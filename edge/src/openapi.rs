@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Value, json};
 
-use crate::routes::{BodyRule, Route, RouteKind, RouteTable, Transcoding};
+use crate::{
+    routes::{BodyRule, Route, RouteKind, RouteTable, Transcoding},
+    validate::{self, rule, type_rules},
+};
 
 pub fn document(table: &RouteTable) -> Value {
     let mut paths: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
@@ -86,7 +89,7 @@ fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Val
     {
         let leaf = fields
             .last()
-            .map(|f| field_schema(f, opts))
+            .map(|f| constrained(f, field_schema(f, opts)))
             .unwrap_or_else(|| json!({"type": "string"}));
         let field = var.field_path.join(".");
         let mut param = json!({"name": name, "in": "path", "required": true, "schema": leaf});
@@ -118,9 +121,13 @@ fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Val
                 if matches!(f.kind(), Kind::Message(ref m) if !is_string_wkt(m)) {
                     continue;
                 }
-                params.push(
-                    json!({"name": opts.field_name(&f), "in": "query", "schema": field_schema(&f, opts)}),
-                );
+                let schema = constrained(&f, field_schema_or_list(&f, opts));
+                let mut param =
+                    json!({"name": opts.field_name(&f), "in": "query", "schema": schema});
+                if validate::is_required(&f) {
+                    param["required"] = json!(true);
+                }
+                params.push(param);
             }
         }
         BodyRule::All => {}
@@ -206,13 +213,22 @@ fn message_ref(
     if !schemas.contains_key(&name) {
         schemas.insert(name.clone(), Value::Null);
         let mut props = serde_json::Map::new();
+        let mut required = Vec::new();
         for f in m.fields() {
-            props.insert(
-                opts.field_name(&f).to_owned(),
-                kind_schema(&f, schemas, opts),
-            );
+            let mut schema = constrained(&f, kind_schema(&f, schemas, opts));
+            if validate::behaviors(&f).contains(&validate::OUTPUT_ONLY) {
+                schema = read_only(schema);
+            }
+            if validate::is_required(&f) {
+                required.push(opts.field_name(&f).to_owned());
+            }
+            props.insert(opts.field_name(&f).to_owned(), schema);
         }
-        schemas.insert(name.clone(), json!({"type": "object", "properties": props}));
+        let mut schema = json!({"type": "object", "properties": props});
+        if !required.is_empty() {
+            schema["required"] = json!(required);
+        }
+        schemas.insert(name.clone(), schema);
     }
     json!({"$ref": format!("#/components/schemas/{name}")})
 }
@@ -256,8 +272,12 @@ fn field_schema(f: &FieldDescriptor, opts: &Transcoding) -> Value {
             json!({"type": "integer", "format": "int32"})
         }
         Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "int32", "minimum": 0}),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64"}),
-        Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$"})
+        }
+        Kind::Uint64 | Kind::Fixed64 => {
+            json!({"type": "string", "format": "uint64", "pattern": "^[0-9]{1,20}$"})
+        }
         Kind::Float => json!({"type": "number", "format": "float"}),
         Kind::Double => json!({"type": "number", "format": "double"}),
         Kind::Enum(e) if opts.enums_as_numbers => {
@@ -267,5 +287,129 @@ fn field_schema(f: &FieldDescriptor, opts: &Transcoding) -> Value {
             json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
         }
         Kind::Message(m) => wkt_schema(&m),
+    }
+}
+
+/// A repeated scalar query parameter is an array of its items.
+fn field_schema_or_list(f: &FieldDescriptor, opts: &Transcoding) -> Value {
+    let item = field_schema(f, opts);
+    if f.is_list() {
+        json!({"type": "array", "items": item})
+    } else {
+        item
+    }
+}
+
+/// A `$ref` with `readOnly` beside it needs `allOf` in older tools; 3.1
+/// allows siblings, which is what this writes.
+fn read_only(mut schema: Value) -> Value {
+    schema["readOnly"] = json!(true);
+    schema
+}
+
+/// `schema` (the field's, or an array of them) with the field's declared
+/// rules as JSON Schema keywords.
+fn constrained(f: &FieldDescriptor, mut schema: Value) -> Value {
+    let Some(rules) = validate::field_rules(f) else {
+        return schema;
+    };
+    if f.is_list() {
+        if let Some(r) = type_rules(&rules, "repeated") {
+            if let Some(n) = rule(&r, "min_items").and_then(|v| v.as_u64()) {
+                schema["minItems"] = json!(n);
+            }
+            if let Some(n) = rule(&r, "max_items").and_then(|v| v.as_u64()) {
+                schema["maxItems"] = json!(n);
+            }
+            if rule(&r, "unique").and_then(|v| v.as_bool()) == Some(true) {
+                schema["uniqueItems"] = json!(true);
+            }
+            if let Some(items) = rule(&r, "items").and_then(|v| v.as_message().cloned()) {
+                scalar_keywords(&mut schema["items"], &f.kind(), &items);
+            }
+        }
+        return schema;
+    }
+    scalar_keywords(&mut schema, &f.kind(), &rules);
+    schema
+}
+
+fn scalar_keywords(schema: &mut Value, kind: &Kind, rules: &prost_reflect::DynamicMessage) {
+    if let (Kind::Enum(e), Some(r)) = (kind, type_rules(rules, "enum")) {
+        // The names a request may use: those `in` lists (or all), less
+        // those `not_in` lists.
+        let numbers = |name| match rule(&r, name) {
+            Some(prost_reflect::Value::List(values)) => {
+                values.iter().filter_map(|v| v.as_i32()).collect::<Vec<_>>()
+            }
+            _ => Vec::new(),
+        };
+        let (only, never) = (numbers("in"), numbers("not_in"));
+        let allowed: Vec<prost_reflect::EnumValueDescriptor> = e
+            .values()
+            .filter(|v| only.is_empty() || only.contains(&v.number()))
+            .filter(|v| !never.contains(&v.number()))
+            .collect();
+        schema["enum"] = if schema["type"] == "string" {
+            json!(allowed.iter().map(|v| v.name()).collect::<Vec<_>>())
+        } else {
+            json!(allowed.iter().map(|v| v.number()).collect::<Vec<_>>())
+        };
+        return;
+    }
+    if let Some(r) = type_rules(rules, "string") {
+        let num = |name| rule(&r, name).and_then(|v| v.as_u64());
+        if let Some(n) = num("len") {
+            schema["minLength"] = json!(n);
+            schema["maxLength"] = json!(n);
+        }
+        if let Some(n) = num("min_len") {
+            schema["minLength"] = json!(n);
+        }
+        if let Some(n) = num("max_len") {
+            schema["maxLength"] = json!(n);
+        }
+        if let Some(p) = rule(&r, "pattern").and_then(|v| v.as_str().map(str::to_owned)) {
+            schema["pattern"] = json!(p);
+        }
+        if rule(&r, "uuid").and_then(|v| v.as_bool()) == Some(true) {
+            schema["format"] = json!("uuid");
+        }
+        if rule(&r, "email").and_then(|v| v.as_bool()) == Some(true) {
+            schema["format"] = json!("email");
+        }
+        if let Some(prost_reflect::Value::List(values)) = rule(&r, "in") {
+            schema["enum"] = json!(values.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>());
+        }
+        return;
+    }
+    // 32-bit integers and floats are JSON numbers; 64-bit ones are
+    // strings, whose bounds JSON Schema cannot state.
+    for kind in [
+        "int32", "uint32", "sint32", "fixed32", "sfixed32", "float", "double",
+    ] {
+        let Some(r) = type_rules(rules, kind) else {
+            continue;
+        };
+        let num = |name| {
+            rule(&r, name).and_then(|v| match v {
+                prost_reflect::Value::I32(n) => Some(json!(n)),
+                prost_reflect::Value::U32(n) => Some(json!(n)),
+                prost_reflect::Value::F32(n) => Some(json!(n)),
+                prost_reflect::Value::F64(n) => Some(json!(n)),
+                _ => None,
+            })
+        };
+        for (rule_name, keyword) in [
+            ("gte", "minimum"),
+            ("gt", "exclusiveMinimum"),
+            ("lte", "maximum"),
+            ("lt", "exclusiveMaximum"),
+            ("const", "const"),
+        ] {
+            if let Some(n) = num(rule_name) {
+                schema[keyword] = n;
+            }
+        }
     }
 }

@@ -36,6 +36,7 @@ use crate::{
     stream::{self, Bridge, StreamCall},
     transcode::{request_message, response_json},
     upstream::{OwnedSlot, Slot, Upstream},
+    validate,
 };
 
 /// The matched route template, for metrics labels (bounded cardinality).
@@ -177,6 +178,11 @@ async fn call(
         ));
     }
     let msg = request_message(route, values, query.as_deref(), &body).map_err(ApiError::from)?;
+    // The contract's field rules, all at once, before anything is called.
+    let violations = validate::check(&msg);
+    if !violations.is_empty() {
+        return Err(in_route_names(route, ApiError::invalid_fields(violations)));
+    }
 
     let upstream = state.upstreams.get(&route.upstream).ok_or_else(|| {
         ApiError::new(
