@@ -129,8 +129,12 @@ async fn the_document_publishes_the_rules_the_edge_enforces() {
 
     let product = &schemas["agora.catalog.v1.Product"]["properties"];
     assert_eq!(product["id"]["readOnly"], true);
-    assert_eq!(product["categoryId"]["format"], "uuid");
-    assert_eq!(product["sku"]["maxLength"], 64);
+    // Optional in an update, so empty is allowed beside the rule.
+    assert_eq!(
+        product["categoryId"]["anyOf"],
+        json!([{"const": ""}, {"type": "string", "format": "uuid"}])
+    );
+    assert_eq!(product["sku"]["anyOf"][1]["maxLength"], 64);
     let money = &schemas["agora.catalog.v1.Money"];
     assert_eq!(money["required"], json!(["currency"]));
     assert_eq!(
@@ -162,6 +166,11 @@ async fn the_document_publishes_the_rules_the_edge_enforces() {
         100
     );
 
+    // The id comes from the path, so the body leaves it out.
+    let body = &doc["paths"]["/api/v1/users/{id}/roles"]["put"]["requestBody"]["content"]["application/json"]
+        ["schema"];
+    assert!(body["properties"].get("id").is_none(), "{body}");
+    assert_eq!(body["required"], json!(["roles"]));
     let roles = &schemas["agora.users.v1.SetUserRolesRequest"]["properties"]["roles"];
     assert_eq!(roles["minItems"], 1);
     let names = roles["items"]["enum"].as_array().expect("enum");

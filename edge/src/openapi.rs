@@ -126,6 +126,7 @@ fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Val
                     json!({"name": opts.field_name(&f), "in": "query", "schema": schema});
                 if validate::is_required(&f) {
                     param["required"] = json!(true);
+                    param["schema"] = non_empty(&f, param["schema"].take());
                 }
                 params.push(param);
             }
@@ -134,7 +135,23 @@ fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Val
     }
     let body_schema = match &route.body {
         BodyRule::None => None,
-        BodyRule::All => Some(message_ref(&input, schemas, opts)),
+        BodyRule::All if bound.is_empty() => Some(message_ref(&input, schemas, opts)),
+        // Path variables win over the body: the body's schema leaves them
+        // out, as grpc-gateway's does.
+        BodyRule::All => {
+            let reference = message_ref(&input, schemas, opts);
+            let mut body = schemas.get(input.full_name()).cloned().unwrap_or(reference);
+            for f in &bound {
+                let name = opts.field_name(f);
+                if let Some(props) = body["properties"].as_object_mut() {
+                    props.remove(name);
+                }
+                if let Some(required) = body["required"].as_array_mut() {
+                    required.retain(|r| r != name);
+                }
+            }
+            Some(body)
+        }
         BodyRule::Field(f) => Some(kind_schema(f, schemas, opts)),
     };
     if let Some(schema) = body_schema {
@@ -209,6 +226,13 @@ fn message_ref(
     if is_string_wkt(m) {
         return wkt_schema(m);
     }
+    // JSON values of their own: any object, any value, any array.
+    match m.full_name() {
+        "google.protobuf.Struct" => return json!({"type": "object"}),
+        "google.protobuf.Value" => return json!({}),
+        "google.protobuf.ListValue" => return json!({"type": "array"}),
+        _ => {}
+    }
     let name = m.full_name().to_owned();
     if !schemas.contains_key(&name) {
         schemas.insert(name.clone(), Value::Null);
@@ -221,10 +245,13 @@ fn message_ref(
             }
             if validate::is_required(&f) {
                 required.push(opts.field_name(&f).to_owned());
+                schema = non_empty(&f, schema);
             }
             props.insert(opts.field_name(&f).to_owned(), schema);
         }
-        let mut schema = json!({"type": "object", "properties": props});
+        // The edge refuses fields a message does not have.
+        let mut schema =
+            json!({"type": "object", "properties": props, "additionalProperties": false});
         if !required.is_empty() {
             schema["required"] = json!(required);
         }
@@ -280,12 +307,7 @@ fn field_schema(f: &FieldDescriptor, opts: &Transcoding) -> Value {
         }
         Kind::Float => json!({"type": "number", "format": "float"}),
         Kind::Double => json!({"type": "number", "format": "double"}),
-        Kind::Enum(e) if opts.enums_as_numbers => {
-            json!({"type": "integer", "enum": e.values().map(|v| v.number()).collect::<Vec<_>>()})
-        }
-        Kind::Enum(e) => {
-            json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
-        }
+        Kind::Enum(e) => enum_schema(e.values(), opts),
         Kind::Message(m) => wkt_schema(&m),
     }
 }
@@ -331,6 +353,19 @@ fn constrained(f: &FieldDescriptor, mut schema: Value) -> Value {
         return schema;
     }
     scalar_keywords(&mut schema, &f.kind(), &rules);
+    // A field whose rules skip its zero value may also hold it.
+    if rule(&rules, "ignore").and_then(|v| v.as_enum_number()) == Some(1) {
+        let zero = match f.kind() {
+            Kind::String | Kind::Bytes => json!(""),
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
+                json!("0")
+            }
+            Kind::Bool => json!(false),
+            Kind::Message(_) => return schema,
+            _ => json!(0),
+        };
+        schema = json!({"anyOf": [{"const": zero}, schema]});
+    }
     schema
 }
 
@@ -350,11 +385,12 @@ fn scalar_keywords(schema: &mut Value, kind: &Kind, rules: &prost_reflect::Dynam
             .filter(|v| only.is_empty() || only.contains(&v.number()))
             .filter(|v| !never.contains(&v.number()))
             .collect();
-        schema["enum"] = if schema["type"] == "string" {
-            json!(allowed.iter().map(|v| v.name()).collect::<Vec<_>>())
-        } else {
-            json!(allowed.iter().map(|v| v.number()).collect::<Vec<_>>())
+        // Both spellings stay accepted (the item schema of a list, too).
+        let opts = Transcoding {
+            enums_as_numbers: schema["type"][0] == "integer",
+            ..Transcoding::default()
         };
+        *schema = enum_schema(allowed.into_iter(), &opts);
         return;
     }
     if let Some(r) = type_rules(rules, "string") {
@@ -412,4 +448,42 @@ fn scalar_keywords(schema: &mut Value, kind: &Kind, rules: &prost_reflect::Dynam
             }
         }
     }
+}
+
+/// An enum's values as the proto3 JSON mapping takes them: by name or by
+/// number, whichever the edge writes first.
+fn enum_schema(
+    values: impl Iterator<Item = prost_reflect::EnumValueDescriptor>,
+    opts: &Transcoding,
+) -> Value {
+    let (mut names, mut numbers) = (Vec::new(), Vec::new());
+    for v in values {
+        names.push(json!(v.name()));
+        numbers.push(json!(v.number()));
+    }
+    if opts.enums_as_numbers {
+        numbers.extend(names);
+        json!({"type": ["integer", "string"], "enum": numbers})
+    } else {
+        names.extend(numbers);
+        json!({"type": ["string", "integer"], "enum": names})
+    }
+}
+
+/// A required field's schema: in proto3 an empty string or list is the
+/// same as none, so it must not be empty.
+fn non_empty(f: &FieldDescriptor, mut schema: Value) -> Value {
+    if f.is_list() {
+        if schema.get("minItems").is_none() {
+            schema["minItems"] = json!(1);
+        }
+    } else if matches!(f.kind(), Kind::String | Kind::Bytes) && schema.get("minLength").is_none() {
+        schema["minLength"] = json!(1);
+    } else if matches!(
+        f.kind(),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32
+    ) {
+        schema["not"] = json!({"const": 0});
+    }
+    schema
 }
