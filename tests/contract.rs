@@ -171,6 +171,11 @@ async fn the_document_publishes_the_rules_the_edge_enforces() {
         ["schema"];
     assert!(body["properties"].get("id").is_none(), "{body}");
     assert_eq!(body["required"], json!(["roles"]));
+    // "0 means the default" is published beside the range.
+    assert_eq!(
+        param("/api/v1/analytics/reports/cohorts", "get", "weeks")["schema"]["anyOf"],
+        json!([{"const": 0}, {"type": "integer", "format": "int32", "minimum": 1, "maximum": 52}])
+    );
     let roles = &schemas["agora.users.v1.SetUserRolesRequest"]["properties"]["roles"];
     assert_eq!(roles["minItems"], 1);
     let names = roles["items"]["enum"].as_array().expect("enum");

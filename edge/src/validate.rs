@@ -317,7 +317,11 @@ fn check_in(value: &Value, r: &DynamicMessage, show: impl Fn(&Value) -> String) 
         && !allowed.iter().any(|a| same(a, value))
     {
         let names: Vec<String> = allowed.iter().map(&show).collect();
-        return Some(format!("must be one of {}", names.join(", ")));
+        return Some(format!(
+            "{} is not one of {}",
+            show(value),
+            names.join(", ")
+        ));
     }
     if let Some(Value::List(refused)) = rule(r, "not_in")
         && refused.iter().any(|a| same(a, value))
@@ -362,7 +366,7 @@ fn check_number<T: PartialOrd + Copy + std::fmt::Display>(
     let allowed = list("in");
     if !allowed.is_empty() && !allowed.contains(&n) {
         let names: Vec<String> = allowed.iter().map(T::to_string).collect();
-        return Some(format!("must be one of {}", names.join(", ")));
+        return Some(format!("{n} is not one of {}", names.join(", ")));
     }
     if list("not_in").contains(&n) {
         return Some(format!("must not be {n}"));
