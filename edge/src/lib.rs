@@ -58,7 +58,10 @@ use agora_kit::{
     shutdown::Shutdown,
 };
 use anyhow::Context as _;
-use axum::{Json, Router, extract::State, middleware, routing::get, serve::ListenerExt as _};
+use axum::{
+    Router, extract::State, middleware, response::IntoResponse, routing::get,
+    serve::ListenerExt as _,
+};
 use http::Method;
 use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
@@ -255,7 +258,8 @@ pub struct EdgeState {
     pub routes: Arc<RouteTable>,
     pub upstreams: Upstreams,
     pub auth: Arc<RemoteAuthenticator>,
-    pub openapi: Arc<serde_json::Value>,
+    /// The OpenAPI document, rendered once.
+    pub openapi: bytes::Bytes,
     pub body_limit: usize,
     pub shutdown: Shutdown,
     /// Requests in flight through the proxy, and the cap on them.
@@ -339,7 +343,9 @@ impl EdgeComponent {
             &self.config.jwt_audience,
         );
         let state = EdgeState {
-            openapi: Arc::new(openapi::document(&self.routes)),
+            openapi: serde_json::to_vec(&openapi::document(&self.routes))
+                .context("cannot render the OpenAPI document")?
+                .into(),
             routes: self.routes,
             upstreams,
             auth,
@@ -467,8 +473,11 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ConfigError> {
     ))
 }
 
-async fn openapi_json(State(state): State<Arc<EdgeState>>) -> Json<serde_json::Value> {
-    Json((*state.openapi).clone())
+async fn openapi_json(State(state): State<Arc<EdgeState>>) -> impl IntoResponse {
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        state.openapi.clone(),
+    )
 }
 
 #[cfg(test)]
@@ -496,5 +505,36 @@ mod tests {
             err.to_string().contains("AGORA_EDGE_MAX_IN_FLIGHT"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn transcoding_settings_are_read_and_bad_values_named() {
+        let mut config = EdgeConfig::default();
+        config
+            .apply_env(&Env::from_pairs([
+                ("AGORA_EDGE_EMIT_UNPOPULATED", "false"),
+                ("AGORA_EDGE_USE_PROTO_NAMES", "true"),
+                ("AGORA_EDGE_ENUMS_AS_NUMBERS", "true"),
+                ("AGORA_EDGE_UNKNOWN_QUERY_PARAMETERS", "ignore"),
+            ]))
+            .expect("valid");
+        assert_eq!(
+            config.transcoding,
+            routes::Transcoding {
+                emit_unpopulated: false,
+                use_proto_names: true,
+                enums_as_numbers: true,
+                unknown_query_parameters: routes::UnknownQuery::Ignore,
+            }
+        );
+        for (name, value) in [
+            ("AGORA_EDGE_UNKNOWN_QUERY_PARAMETERS", "drop"),
+            ("AGORA_EDGE_USE_PROTO_NAMES", "yes"),
+        ] {
+            let err = EdgeConfig::default()
+                .apply_env(&Env::from_pairs([(name, value)]))
+                .expect_err(value);
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 }

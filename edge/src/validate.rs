@@ -96,6 +96,36 @@ fn extension_message(field: &FieldDescriptor, ext: &ExtensionDescriptor) -> Opti
     }
 }
 
+/// A field's rules, read from its options once: `field.options()` decodes
+/// them anew on every call, which the request path must not pay.
+struct FieldInfo {
+    rules: Option<DynamicMessage>,
+    required: bool,
+}
+
+type Infos = std::sync::RwLock<HashMap<Box<str>, std::sync::Arc<FieldInfo>>>;
+
+static FIELDS: LazyLock<Infos> = LazyLock::new(Default::default);
+
+fn info(field: &FieldDescriptor) -> std::sync::Arc<FieldInfo> {
+    if let Some(found) = FIELDS
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(field.full_name())
+    {
+        return found.clone();
+    }
+    let made = std::sync::Arc::new(FieldInfo {
+        rules: field_rules(field),
+        required: is_required(field),
+    });
+    FIELDS
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(field.full_name().into(), made.clone());
+    made
+}
+
 /// Every violation of the contract's rules in `msg`.
 pub fn check(msg: &DynamicMessage) -> Vec<Violation> {
     let mut out = Vec::new();
@@ -120,14 +150,15 @@ fn check_field(
     path: &str,
     out: &mut Vec<Violation>,
 ) {
-    let rules = field_rules(field);
+    let info = info(field);
+    let rules = info.rules.as_ref();
     let set = msg.has_field(field);
     if !set {
-        if is_required(field) {
+        if info.required {
             out.push(violation(path, "is required"));
             return;
         }
-        let ignored = rules.as_ref().is_none_or(|r| {
+        let ignored = rules.is_none_or(|r| {
             rule(r, "ignore").and_then(|v| v.as_enum_number()) == Some(IGNORE_IF_ZERO_VALUE)
         });
         // Fields with presence, and zero values the rules ignore, are
@@ -139,7 +170,7 @@ fn check_field(
     let value = msg.get_field(field);
     if field.is_list() {
         let items = value.as_list().unwrap_or(&[]);
-        if let Some(repeated) = rules.as_ref().and_then(|r| type_rules(r, "repeated")) {
+        if let Some(repeated) = rules.and_then(|r| type_rules(r, "repeated")) {
             check_items(items, &field.kind(), &repeated, path, out);
         }
         for (i, item) in items.iter().enumerate() {
@@ -152,7 +183,7 @@ fn check_field(
     if field.is_map() {
         return;
     }
-    if let Some(rules) = &rules
+    if let Some(rules) = rules
         && let Some(problem) = check_value(&value, &field.kind(), rules)
     {
         out.push(violation(path, problem));
