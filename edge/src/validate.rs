@@ -18,8 +18,7 @@ use std::{
 };
 
 use prost_reflect::{
-    DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
-    Value,
+    DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, ReflectMessage, Value,
 };
 
 use crate::error::Violation;
@@ -465,23 +464,4 @@ fn violation(path: &str, description: impl Into<String>) -> Violation {
         field: path.to_owned(),
         description: description.into(),
     }
-}
-
-/// The messages of a pool whose fields declare rules or behaviours, for
-/// a check at start that every pattern compiles.
-pub fn bad_patterns(messages: impl Iterator<Item = MessageDescriptor>) -> Vec<String> {
-    let mut bad = Vec::new();
-    for m in messages {
-        for f in m.fields() {
-            let Some(r) = field_rules(&f).and_then(|r| type_rules(&r, "string")) else {
-                continue;
-            };
-            if let Some(Value::String(p)) = rule(&r, "pattern")
-                && regex::Regex::new(&p).is_err()
-            {
-                bad.push(format!("{}: {p}", f.full_name()));
-            }
-        }
-    }
-    bad
 }
