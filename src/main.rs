@@ -37,6 +37,11 @@ enum Command {
         /// Comma list of targets, or `all`.
         #[arg(long, default_value = "all", env = "AGORA_TARGET")]
         target: Targets,
+        /// An encoded FileDescriptorSet (`buf build -o FILE`) whose
+        /// annotated services the edge serves besides its own; repeatable.
+        /// Their upstreams are mapped by `AGORA_EDGE_<NAME>_PACKAGES`.
+        #[arg(long = "descriptor-set", value_name = "FILE")]
+        descriptor_sets: Vec<PathBuf>,
     },
     /// Run database migrations and exit.
     Migrate,
@@ -114,7 +119,7 @@ fn main() -> ExitCode {
     // runtime, flushes queued spans and log lines.
     let entered = runtime.enter();
     let services: Vec<&'static str> = match &cli.command {
-        Command::Serve { target } => target.0.iter().map(|m| m.service_name).collect(),
+        Command::Serve { target, .. } => target.0.iter().map(|m| m.service_name).collect(),
         _ => Vec::new(),
     };
     let _telemetry = agora_kit::telemetry::init(match &cli.command {
@@ -123,7 +128,18 @@ fn main() -> ExitCode {
     });
     drop(entered);
     let config = match Config::load(cli.config.as_deref(), &Env::from_process()) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            if let Command::Serve {
+                descriptor_sets, ..
+            } = &cli.command
+            {
+                c.edge
+                    .contracts
+                    .descriptor_sets
+                    .extend(descriptor_sets.iter().cloned());
+            }
+            c
+        }
         Err(e) => {
             eprintln!("agora: {e}");
             return ExitCode::from(2);
@@ -141,7 +157,7 @@ fn main() -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
-        Command::Serve { target } => {
+        Command::Serve { target, .. } => {
             agora_kit::metrics::handle();
             metrics::gauge!("agora_build_info",
                 "version" => env!("CARGO_PKG_VERSION"),

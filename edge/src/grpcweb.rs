@@ -72,12 +72,16 @@ async fn call(
     state: &EdgeState,
     req: http::Request<tonic::body::Body>,
 ) -> Result<GrpcResponse, Status> {
-    let route = state.routes.by_grpc_path(req.uri().path()).ok_or_else(|| {
-        Status::unimplemented(format!(
-            "{} is not a method the edge serves over gRPC-Web",
-            req.uri().path()
-        ))
-    })?;
+    let contract = state.contract.load_full();
+    let route = contract
+        .routes
+        .by_grpc_path(req.uri().path())
+        .ok_or_else(|| {
+            Status::unimplemented(format!(
+                "{} is not a method the edge serves over gRPC-Web",
+                req.uri().path()
+            ))
+        })?;
     if route.method.is_client_streaming() {
         return Err(Status::unimplemented(
             "gRPC-Web carries unary and server-streaming calls only",

@@ -36,6 +36,12 @@ pub struct ServiceHealth {
     pub endpoints: Vec<EndpointHealth>,
     /// Whether the edge's circuit breaker for the service is open.
     pub breaker_open: bool,
+    /// The gRPC services of the contracts in force that the edge routes
+    /// to this upstream.
+    pub grpc_services: Vec<String>,
+    /// Whether the upstream's contracts are read by server reflection and
+    /// have not been read yet (its routes are missing until they are).
+    pub contracts_unread: bool,
 }
 
 #[derive(Serialize)]
@@ -62,6 +68,20 @@ pub struct Health {
 pub async fn health(State(state): State<Arc<EdgeState>>) -> (StatusCode, Json<Health>) {
     let mut services = join_all(state.upstreams.iter().map(|u| check(u))).await;
     services.sort_by(|a, b| a.name.cmp(&b.name));
+    let contract = state.contract.load();
+    for service in &mut services {
+        let mut names: Vec<String> = contract
+            .routes
+            .routes()
+            .iter()
+            .filter(|r| *r.upstream == *service.name)
+            .map(|r| r.method.parent_service().full_name().to_owned())
+            .collect();
+        names.sort();
+        names.dedup();
+        service.grpc_services = names;
+        service.contracts_unread = contract.unread.contains(&service.name);
+    }
     let healthy = services.iter().filter(|s| s.status == "healthy").count();
     let status = match healthy {
         n if n == services.len() => "healthy",
@@ -122,6 +142,8 @@ async fn check(upstream: &Upstream) -> ServiceHealth {
         error,
         endpoints,
         breaker_open: upstream.breaker.is_open(),
+        grpc_services: Vec::new(),
+        contracts_unread: false,
     }
 }
 
@@ -140,6 +162,9 @@ async fn check_endpoint(endpoint: EndpointView) -> EndpointHealth {
             "unhealthy",
             Some(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
         ),
+        // A server without the standard health service answered, so it is
+        // up: a backend the edge fronts need not implement grpc.health.v1.
+        Ok(Err(e)) if e.code() == tonic::Code::Unimplemented => ("healthy", None),
         Ok(Err(e)) => (
             "unhealthy",
             Some(format!("{:?}: unreachable or failing", e.code())),

@@ -4,6 +4,9 @@
 //! # Layout
 //!
 //! - [`template`]: `google.api.http` path templates.
+//! - [`contracts`]: where the contracts come from (built in, files, server
+//!   reflection), reloaded on change.
+//! - [`reflection`]: reading an upstream's contracts by server reflection.
 //! - [`routes`]: the route table built from the descriptor set.
 //! - [`transcode`]: JSON/URL ⇄ dynamic protobuf messages.
 //! - [`validate`]: the contracts' field rules (protovalidate, field_behavior).
@@ -28,6 +31,7 @@ pub mod access;
 pub mod assets;
 pub mod call;
 pub mod codec;
+pub mod contracts;
 pub mod dashboard;
 pub mod docs;
 pub mod error;
@@ -38,6 +42,7 @@ pub mod idempotency;
 pub mod openapi;
 pub mod proxy;
 pub mod ratelimit;
+pub mod reflection;
 pub mod routes;
 pub mod stream;
 pub mod template;
@@ -63,7 +68,6 @@ use axum::{
     serve::ListenerExt as _,
 };
 use http::Method;
-use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower_http::{
@@ -77,9 +81,9 @@ use tower_http::{
 };
 
 use crate::{
+    contracts::{Contract, Loader},
     idempotency::IdempotencyStore,
     ratelimit::{RateLimitConfig, RateLimiter},
-    routes::RouteTable,
     upstream::{Upstreams, UpstreamsConfig},
 };
 
@@ -135,6 +139,8 @@ pub struct EdgeConfig {
     pub rate_limits: RateLimitConfig,
     /// How JSON and query strings map to messages.
     pub transcoding: routes::Transcoding,
+    /// Which contracts the edge serves.
+    pub contracts: contracts::ContractsConfig,
     /// The services behind the edge and how to call each.
     pub upstreams: UpstreamsConfig,
 }
@@ -157,6 +163,7 @@ impl Default for EdgeConfig {
             key_prefix: "agora:edge:".into(),
             rate_limits: RateLimitConfig::default(),
             transcoding: routes::Transcoding::default(),
+            contracts: contracts::ContractsConfig::default(),
             upstreams: UpstreamsConfig::default(),
         }
     }
@@ -206,6 +213,7 @@ impl EdgeConfig {
             "AGORA_EDGE_UNKNOWN_QUERY_PARAMETERS",
             &mut t.unknown_query_parameters,
         )?;
+        self.contracts.apply_env(env)?;
         self.upstreams.apply_env(env)?;
         self.validate()
     }
@@ -255,11 +263,10 @@ impl EdgeConfig {
 /// Shared state of the edge's handlers.
 #[derive(Clone)]
 pub struct EdgeState {
-    pub routes: Arc<RouteTable>,
+    /// The routes and OpenAPI document in force.
+    pub contract: contracts::Current,
     pub upstreams: Upstreams,
     pub auth: Arc<RemoteAuthenticator>,
-    /// The OpenAPI document, rendered once.
-    pub openapi: bytes::Bytes,
     pub body_limit: usize,
     pub shutdown: Shutdown,
     /// Requests in flight through the proxy, and the cap on them.
@@ -278,23 +285,31 @@ pub struct EdgeState {
 pub struct EdgeComponent {
     listener: TcpListener,
     config: EdgeConfig,
-    routes: Arc<RouteTable>,
+    loader: Arc<Loader>,
+    /// The contracts as far as they are known before the upstreams are
+    /// asked (everything but server reflection).
+    contract: Contract,
 }
 
 impl EdgeComponent {
-    /// Builds the route table from the embedded contracts and binds.
+    /// Builds the route table from the contracts known without asking the
+    /// upstreams, and binds. A bad descriptor set or a binding no upstream
+    /// serves stops here.
     pub async fn build(config: EdgeConfig) -> anyhow::Result<Self> {
         config.validate()?;
-        let pool = DescriptorPool::decode(agora_proto::FILE_DESCRIPTOR_SET)
-            .context("Failed to read the contracts")?;
-        let routes =
-            Arc::new(RouteTable::from_pool(&pool, "agora.")?.with_transcoding(config.transcoding));
-        for name in config.upstreams.0.keys() {
-            let served = routes
+        let loader = Arc::new(Loader::new(
+            config.contracts.clone(),
+            config.upstreams.clone(),
+            config.transcoding,
+        ));
+        let contract = loader.load(None).await?;
+        for (name, policy) in &config.upstreams.0 {
+            let served = contract
+                .routes
                 .routes()
                 .iter()
                 .any(|r| &*r.upstream == name.as_str());
-            if !served && *name != config.auth_upstream {
+            if !served && *name != config.auth_upstream && !policy.reflection {
                 tracing::warn!(
                     upstream = %name,
                     setting = %upstream::setting(name, "_URL"),
@@ -305,14 +320,11 @@ impl EdgeComponent {
         let listener = TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("AGORA_EDGE_ADDR: cannot listen on {}", config.addr))?;
-        tracing::info!(
-            routes = routes.routes().len(),
-            "edge routes built from the contracts"
-        );
         Ok(Self {
             listener,
             config,
-            routes,
+            loader,
+            contract,
         })
     }
 
@@ -342,11 +354,24 @@ impl EdgeComponent {
             &self.config.jwt_issuer,
             &self.config.jwt_audience,
         );
+        let contract = if self.contract.unread.is_empty() {
+            self.contract
+        } else {
+            self.loader.load(Some(&upstreams)).await?
+        };
+        tracing::info!(
+            routes = contract.routes.routes().len(),
+            "edge routes built from the contracts"
+        );
+        let contract: contracts::Current = Arc::new(arc_swap::ArcSwap::from_pointee(contract));
+        tokio::spawn(contracts::refresh(
+            self.loader.clone(),
+            contract.clone(),
+            upstreams.clone(),
+            shutdown.clone(),
+        ));
         let state = EdgeState {
-            openapi: serde_json::to_vec(&openapi::document(&self.routes))
-                .context("cannot render the OpenAPI document")?
-                .into(),
-            routes: self.routes,
+            contract,
             upstreams,
             auth,
             body_limit: self.config.body_limit_bytes,
@@ -476,7 +501,7 @@ fn cors_layer(origins: &[String]) -> Result<Option<CorsLayer>, ConfigError> {
 async fn openapi_json(State(state): State<Arc<EdgeState>>) -> impl IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "application/json")],
-        state.openapi.clone(),
+        state.contract.load().openapi.clone(),
     )
 }
 

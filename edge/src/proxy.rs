@@ -58,6 +58,8 @@ const FORWARDED: &[&str] = &[
 pub async fn handle(State(state): State<Arc<EdgeState>>, req: Request) -> Response {
     if grpcweb::is_grpc(&req) {
         let label = state
+            .contract
+            .load()
             .routes
             .by_grpc_path(req.uri().path())
             .map(|r| RouteLabel(r.grpc_path.clone()));
@@ -74,7 +76,10 @@ pub async fn handle(State(state): State<Arc<EdgeState>>, req: Request) -> Respon
     } else {
         method.clone()
     };
-    let (route, values) = match state.routes.lookup(&lookup_method, req.uri().path()) {
+    // The contracts in force when the request came; a reload swaps in new
+    // ones for later requests.
+    let contract = state.contract.load_full();
+    let (route, values) = match contract.routes.lookup(&lookup_method, req.uri().path()) {
         Lookup::Found(route, values) => (route, values),
         Lookup::WrongMethod(allowed) => {
             let allow = allow_value(&allowed);

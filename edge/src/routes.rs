@@ -11,7 +11,8 @@ use agora_proto::{
 };
 use http::Method;
 use prost_reflect::{
-    DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor, Value,
+    DescriptorPool, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor, ServiceDescriptor,
+    Value,
 };
 
 use crate::template::{PathTemplate, TemplateError};
@@ -180,18 +181,34 @@ pub struct RouteTable {
 
 impl RouteTable {
     /// Reads the bindings of every service in `pool` whose full name starts
-    /// with `package_prefix` (the edge uses `agora.`).
+    /// with `package_prefix`, each served by the upstream its package
+    /// names (`agora.users.v1` → `users`).
     pub fn from_pool(pool: &DescriptorPool, package_prefix: &str) -> Result<Self, RouteError> {
+        Self::from_services(pool, |service| {
+            service
+                .full_name()
+                .starts_with(package_prefix)
+                .then(|| Ok(upstream_name(service.package_name()).into()))
+        })
+    }
+
+    /// Reads the bindings of the services of `pool` that `select` picks:
+    /// `None` leaves a service out; otherwise it names the upstream that
+    /// serves it, or says why none does (an error only if the service has
+    /// bindings).
+    pub fn from_services(
+        pool: &DescriptorPool,
+        select: impl Fn(&ServiceDescriptor) -> Option<Result<Arc<str>, String>>,
+    ) -> Result<Self, RouteError> {
         let policy = AccessPolicy::from_pool(pool);
         let ext = pool.get_extension_by_name(HTTP_EXTENSION);
         let limit_ext = pool.get_extension_by_name(RATE_LIMIT_EXTENSION);
         let ws_ext = pool.get_extension_by_name(WEBSOCKET_EXTENSION);
         let mut routes = Vec::new();
-        for service in pool
-            .services()
-            .filter(|s| s.full_name().starts_with(package_prefix))
-        {
-            let upstream: Arc<str> = upstream_name(service.package_name()).into();
+        for service in pool.services() {
+            let Some(upstream) = select(&service) else {
+                continue;
+            };
             for method in service.methods() {
                 let options = method.options();
                 let grpc_path: Arc<str> =
@@ -229,6 +246,10 @@ impl RouteTable {
                 if http_rule.is_none() && ws_rule.is_none() {
                     continue;
                 }
+                let upstream = upstream.clone().map_err(|reason| RouteError::Binding {
+                    method: method.full_name().to_owned(),
+                    reason,
+                })?;
                 // A REST request is one message: a stream from the client
                 // has no REST form (a WebSocket binding serves those).
                 if http_rule.is_some() && method.is_client_streaming() {
@@ -298,6 +319,41 @@ impl RouteTable {
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// One table of several, in order of precedence, lowest first: a
+    /// service found in a later table replaces every route of the same
+    /// service in earlier ones (a service's own reflection over the
+    /// contracts the edge was built with). Two services binding the same
+    /// method and path are refused, naming both.
+    pub fn merge(tables: impl IntoIterator<Item = RouteTable>) -> Result<Self, RouteError> {
+        let mut routes: Vec<Route> = Vec::new();
+        for table in tables {
+            let replaced: std::collections::HashSet<&str> = table
+                .routes
+                .iter()
+                .map(|r| r.method.parent_service().full_name())
+                .collect();
+            routes.retain(|r| !replaced.contains(r.method.parent_service().full_name()));
+            routes.extend(table.routes.iter().cloned());
+        }
+        let mut seen = std::collections::HashMap::new();
+        for route in &routes {
+            let key = (route.http_method.clone(), route.template.to_string());
+            if let Some(other) = seen.insert(key, &route.grpc_path)
+                && *other != route.grpc_path
+            {
+                return Err(RouteError::Binding {
+                    method: route.method.full_name().to_owned(),
+                    reason: format!(
+                        "{} {} is also bound by {other}",
+                        route.http_method, route.label
+                    ),
+                });
+            }
+        }
+        routes.sort_by_key(Route::specificity);
+        Ok(Self { routes })
     }
 
     /// Sets every route's transcoding options.

@@ -46,6 +46,15 @@ pub struct UpstreamPolicy {
     /// Calls in flight to this upstream above which the edge answers 503 at
     /// once instead of queueing.
     pub max_in_flight: usize,
+    /// Proto packages this upstream serves, beyond what the name says: an
+    /// entry serves that package and the ones under it (`acme.shop` serves
+    /// `acme.shop.v1` and `acme.shop.v2`). The contracts' own packages
+    /// (`agora.<name>.v1`) need no entry.
+    pub packages: Vec<String>,
+    /// Whether the edge reads this upstream's contracts from its gRPC
+    /// server reflection, at start and on every contract refresh, rather
+    /// than only from contracts it was built with or given as files.
+    pub reflection: bool,
 }
 
 impl UpstreamPolicy {
@@ -69,6 +78,8 @@ impl UpstreamPolicy {
             breaker_threshold: threshold,
             breaker_reset: Duration::from_secs(reset_s),
             max_in_flight: 1024,
+            packages: Vec::new(),
+            reflection: false,
         }
     }
 }
@@ -89,6 +100,8 @@ struct PolicySection {
     breaker_threshold: Option<u32>,
     breaker_reset: Option<u64>,
     max_in_flight: Option<usize>,
+    packages: Option<Vec<String>>,
+    reflection: Option<bool>,
 }
 
 /// Sections in `agora.toml` are merged over the defaults: naming one
@@ -120,6 +133,12 @@ impl<'de> Deserialize<'de> for UpstreamsConfig {
             }
             if let Some(n) = section.max_in_flight {
                 policy.max_in_flight = n;
+            }
+            if let Some(packages) = section.packages {
+                policy.packages = packages;
+            }
+            if let Some(on) = section.reflection {
+                policy.reflection = on;
             }
         }
         Ok(config)
@@ -155,7 +174,20 @@ const SUFFIXES: &[&str] = &[
     "_BREAKER_THRESHOLD",
     "_BREAKER_RESET_MS",
     "_MAX_IN_FLIGHT",
+    "_PACKAGES",
+    "_REFLECTION",
 ];
+
+/// Dot-separated identifiers: `acme.shop.v1`.
+fn is_package_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            part.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
 
 /// `AGORA_EDGE_<NAME>_<SUFFIX>` for an upstream name.
 pub fn setting(name: &str, suffix: &str) -> String {
@@ -213,6 +245,14 @@ impl UpstreamsConfig {
                 &mut policy.breaker_reset,
             )?;
             env.parse_into(&setting(&name, "_MAX_IN_FLIGHT"), &mut policy.max_in_flight)?;
+            if let Some(list) = env.get(&setting(&name, "_PACKAGES")) {
+                policy.packages = list
+                    .split(',')
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect();
+            }
+            env.parse_into(&setting(&name, "_REFLECTION"), &mut policy.reflection)?;
         }
         self.validate()
     }
@@ -244,8 +284,41 @@ impl UpstreamsConfig {
                     "must be positive",
                 ));
             }
+            for package in &policy.packages {
+                if !is_package_name(package) {
+                    return Err(ConfigError::invalid(
+                        setting(name, "_PACKAGES"),
+                        format!("{package:?} is not a proto package name such as acme.shop.v1"),
+                    ));
+                }
+                if let Some(other) = self
+                    .0
+                    .iter()
+                    .find(|(n, p)| *n != name && p.packages.contains(package))
+                {
+                    return Err(ConfigError::invalid(
+                        setting(name, "_PACKAGES"),
+                        format!("{package:?} is also served by upstream {:?}", other.0),
+                    ));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The upstream that serves `package` by configuration: the one with
+    /// the longest entry equal to it or a parent of it.
+    pub fn serving(&self, package: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .flat_map(|(name, p)| p.packages.iter().map(move |entry| (name, entry)))
+            .filter(|(_, entry)| {
+                package
+                    .strip_prefix(entry.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            })
+            .max_by_key(|(_, entry)| entry.len())
+            .map(|(name, _)| name.as_str())
     }
 }
 
@@ -411,6 +484,48 @@ mod tests {
         assert_eq!(config.0["catalog"].url, "http://127.0.0.1:3002");
         assert!(config.0.contains_key("users"), "unnamed upstreams stay");
         assert!(toml::from_str::<UpstreamsConfig>("[users]\nretry = 1\n").is_err());
+    }
+
+    #[test]
+    fn packages_map_to_the_upstream_with_the_longest_entry() {
+        let mut config = UpstreamsConfig::default();
+        config
+            .apply_env(&Env::from_pairs([
+                ("AGORA_EDGE_SHOP_URL", "http://shop:50051"),
+                ("AGORA_EDGE_SHOP_PACKAGES", "acme.shop, acme.orders.v1"),
+                ("AGORA_EDGE_SHOP_REFLECTION", "true"),
+                ("AGORA_EDGE_LEGACY_PACKAGES", "acme.shop.v0"),
+            ]))
+            .expect("valid");
+        assert!(config.0["shop"].reflection);
+        assert_eq!(config.serving("acme.shop.v1"), Some("shop"));
+        assert_eq!(config.serving("acme.shop"), Some("shop"));
+        assert_eq!(config.serving("acme.shop.v0"), Some("legacy"));
+        assert_eq!(config.serving("acme.shopping.v1"), None);
+        assert_eq!(config.serving("acme.orders.v2"), None);
+
+        for (pairs, named) in [
+            (
+                vec![("AGORA_EDGE_SHOP_PACKAGES", "acme..v1")],
+                "AGORA_EDGE_SHOP_PACKAGES",
+            ),
+            (
+                vec![
+                    ("AGORA_EDGE_SHOP_PACKAGES", "acme.shop"),
+                    ("AGORA_EDGE_STORE_PACKAGES", "acme.shop"),
+                ],
+                "acme.shop",
+            ),
+            (
+                vec![("AGORA_EDGE_SHOP_REFLECTION", "sometimes")],
+                "AGORA_EDGE_SHOP_REFLECTION",
+            ),
+        ] {
+            let err = UpstreamsConfig::default()
+                .apply_env(&Env::from_pairs(pairs))
+                .expect_err("refused");
+            assert!(err.to_string().contains(named), "{err}");
+        }
     }
 
     #[test]

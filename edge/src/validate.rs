@@ -125,6 +125,11 @@ fn info(field: &FieldDescriptor) -> std::sync::Arc<FieldInfo> {
     made
 }
 
+/// Forgets the rules read so far, for contracts that changed.
+pub fn forget_rules() {
+    FIELDS.write().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
 /// Every violation of the contract's rules in `msg`.
 pub fn check(msg: &DynamicMessage) -> Vec<Violation> {
     let mut out = Vec::new();

@@ -346,3 +346,24 @@ fn stream_bindings_are_served_or_refused_at_start_naming_the_method() {
     assert_eq!(route.kind, RouteKind::WebSocket);
     assert_eq!(values, ["c1"]);
 }
+
+#[test]
+fn merged_tables_replace_a_service_whole_and_refuse_a_path_bound_twice() {
+    let library = table();
+    let again = RouteTable::merge([library.clone(), library.clone()]).expect("same service");
+    assert_eq!(again.routes().len(), library.routes().len());
+
+    let clash = RouteTable::from_pool(
+        &support::compile("agora/testing/clash/v1/clash.proto"),
+        "agora.testing.clash.",
+    )
+    .expect("routes");
+    let err = RouteTable::merge([library, clash]).expect_err("refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("agora.testing.clash.v1.ShelfService.ListShelfBooks")
+            && text.contains("GET /v1/books")
+            && text.contains("/agora.testing.v1.LibraryService/SearchBooks"),
+        "{text}"
+    );
+}
