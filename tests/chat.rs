@@ -387,7 +387,7 @@ async fn history_pages_newest_first_and_edits_and_deletes_show() {
             json!({"name": "ghosts", "memberIds": [stranger]}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
     assert!(r.message().contains("is not a user"), "{:?}", r.body);
     let r = mesh
         .post(
@@ -396,7 +396,7 @@ async fn history_pages_newest_first_and_edits_and_deletes_show() {
             json!({"userIds": [stranger]}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{:?}", r.body);
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{:?}", r.body);
 
     // Outsiders do not learn the room exists.
     let (_, eve) = user(&mesh, "eve").await;

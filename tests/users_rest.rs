@@ -220,12 +220,23 @@ async fn updating_my_profile_follows_the_field_mask() {
             json!({"email": "new@example.com"}),
         )
         .await;
+    // The email is output-only here: ignored in a request (AIP-203), so
+    // nothing changes.
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let me = mesh.get("/api/v1/users/me", Some(&access)).await.body;
+    assert_eq!(me["displayName"], "Di");
+    assert_eq!(me["email"], "di@example.com");
+    // A mask naming it is refused, naming the field.
+    let r = mesh
+        .call(
+            Method::PATCH,
+            "/api/v1/users/me?updateMask=email",
+            Some(&access),
+            json!({"email": "new@example.com"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.message().contains("email"), "{:?}", r.body);
-    assert_eq!(
-        mesh.get("/api/v1/users/me", Some(&access)).await.body["displayName"],
-        "Di"
-    );
     mesh.stop().await;
 }
 

@@ -127,6 +127,8 @@ fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Val
                 if validate::is_required(&f) {
                     param["required"] = json!(true);
                     param["schema"] = non_empty(&f, param["schema"].take());
+                } else if validate::zero_breaks_rules(&f) {
+                    param["required"] = json!(true);
                 }
                 params.push(param);
             }
@@ -152,12 +154,32 @@ fn operation(route: &Route, names: &[String], schemas: &mut BTreeMap<String, Val
             }
             Some(body)
         }
-        BodyRule::Field(f) => Some(kind_schema(f, schemas, opts)),
+        BodyRule::Field(f) => match (validate::update_fields(&input), f.kind()) {
+            // An update sends only what changes: the resource's required
+            // fields may be left out (but not sent empty).
+            (Some((_, resource)), Kind::Message(m)) if resource == *f => {
+                message_ref(&m, schemas, opts);
+                let name = format!("{}.patch", m.full_name());
+                let mut partial = schemas.get(m.full_name()).cloned().unwrap_or_default();
+                if let Some(obj) = partial.as_object_mut() {
+                    obj.remove("required");
+                }
+                schemas.insert(name.clone(), partial);
+                Some(json!({"$ref": format!("#/components/schemas/{name}")}))
+            }
+            _ => Some(kind_schema(f, schemas, opts)),
+        },
     };
     if let Some(schema) = body_schema {
+        // A body is required when its message has required fields; an
+        // empty body is the empty message otherwise.
+        let required = schema_of(&schema, schemas)
+            .and_then(|s| s.get("required"))
+            .and_then(Value::as_array)
+            .is_some_and(|r| !r.is_empty());
         op.insert(
             "requestBody".into(),
-            json!({"required": true, "content": {"application/json": {"schema": schema}}}),
+            json!({"required": required, "content": {"application/json": {"schema": schema}}}),
         );
     }
     let output = route.method.output();
@@ -246,6 +268,10 @@ fn message_ref(
             if validate::is_required(&f) {
                 required.push(opts.field_name(&f).to_owned());
                 schema = non_empty(&f, schema);
+            } else if validate::zero_breaks_rules(&f) {
+                required.push(opts.field_name(&f).to_owned());
+            } else {
+                schema = nullable(schema);
             }
             props.insert(opts.field_name(&f).to_owned(), schema);
         }
@@ -370,6 +396,15 @@ fn constrained(f: &FieldDescriptor, mut schema: Value) -> Value {
 }
 
 fn scalar_keywords(schema: &mut Value, kind: &Kind, rules: &prost_reflect::DynamicMessage) {
+    if let Some(paths) = validate::mask_paths(rules) {
+        // A comma list of the allowed paths in their JSON spelling (the
+        // proto3 JSON form of a field mask); empty means the fields present
+        // in the body.
+        let names: Vec<String> = paths.iter().map(|p| lower_camel(p)).collect();
+        let one = format!("(?:{})", names.join("|"));
+        schema["pattern"] = json!(format!("^(?:{one}(?:,{one})*)?$"));
+        return;
+    }
     if let (Kind::Enum(e), Some(r)) = (kind, type_rules(rules, "enum")) {
         // The names a request may use: those `in` lists (or all), less
         // those `not_in` lists.
@@ -420,7 +455,19 @@ fn scalar_keywords(schema: &mut Value, kind: &Kind, rules: &prost_reflect::Dynam
         return;
     }
     // 32-bit integers and floats are JSON numbers; 64-bit ones are
-    // strings, whose bounds JSON Schema cannot state.
+    // strings, whose bounds JSON Schema cannot state, save one: a lower
+    // bound of 0 or more leaves out the minus sign.
+    for kind in ["int64", "sint64", "sfixed64"] {
+        let Some(r) = type_rules(rules, kind) else {
+            continue;
+        };
+        let at_least = |name| rule(&r, name).and_then(|v| v.as_i64());
+        let non_negative =
+            at_least("gte").is_some_and(|n| n >= 0) || at_least("gt").is_some_and(|n| n >= -1);
+        if non_negative && schema["pattern"].is_string() {
+            schema["pattern"] = json!("^[0-9]{1,19}$");
+        }
+    }
     for kind in [
         "int32", "uint32", "sint32", "fixed32", "sfixed32", "float", "double",
     ] {
@@ -470,6 +517,40 @@ fn enum_schema(
     }
 }
 
+/// A field that may be sent as `null`, which the proto3 JSON mapping reads
+/// as its default value.
+fn nullable(mut schema: Value) -> Value {
+    if let Some(values) = schema.get_mut("enum").and_then(Value::as_array_mut) {
+        values.push(Value::Null);
+    }
+    match schema.get_mut("type") {
+        Some(Value::String(t)) => {
+            let t = std::mem::take(t);
+            schema["type"] = json!([t, "null"]);
+            schema
+        }
+        Some(Value::Array(types)) => {
+            types.push(json!("null"));
+            schema
+        }
+        _ => match schema.get_mut("anyOf").and_then(Value::as_array_mut) {
+            Some(options) => {
+                options.push(json!({"type": "null"}));
+                schema
+            }
+            None => json!({"anyOf": [schema, {"type": "null"}]}),
+        },
+    }
+}
+
+/// The schema `schema` stands for: itself, or the component it refers to.
+fn schema_of<'a>(schema: &'a Value, schemas: &'a BTreeMap<String, Value>) -> Option<&'a Value> {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) => schemas.get(r.strip_prefix("#/components/schemas/")?),
+        None => Some(schema),
+    }
+}
+
 /// A required field's schema: in proto3 an empty string or list is the
 /// same as none, so it must not be empty.
 fn non_empty(f: &FieldDescriptor, mut schema: Value) -> Value {
@@ -486,4 +567,22 @@ fn non_empty(f: &FieldDescriptor, mut schema: Value) -> Value {
         schema["not"] = json!({"const": 0});
     }
     schema
+}
+
+/// `category_id` → `categoryId`, per segment of a dotted path: the JSON
+/// spelling of a field mask path.
+fn lower_camel(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut upper = false;
+    for c in path.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.extend(c.to_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }

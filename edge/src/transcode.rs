@@ -401,10 +401,17 @@ fn infer_update_mask(
         return Ok(());
     };
     let mut paths = Vec::new();
-    for key in obj.keys() {
+    for (key, value) in &obj {
+        // `null` is the default value: not a field to change. An `etag`
+        // is the precondition of the update (AIP-154), not a change.
+        if value.is_null() || key == "etag" {
+            continue;
+        }
         if let Some(f) = body_type
             .get_field_by_json_name(key)
             .or_else(|| body_type.get_field_by_name(key))
+            // Output-only fields in a request are ignored (AIP-203).
+            && !crate::validate::behaviors(&f).contains(&crate::validate::OUTPUT_ONLY)
         {
             paths.push(Value::String(f.name().to_owned()));
         }

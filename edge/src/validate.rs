@@ -18,7 +18,8 @@ use std::{
 };
 
 use prost_reflect::{
-    DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, ReflectMessage, Value,
+    DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
+    Value,
 };
 
 use crate::error::Violation;
@@ -125,15 +126,91 @@ fn info(field: &FieldDescriptor) -> std::sync::Arc<FieldInfo> {
     made
 }
 
+/// Whether a field left out (holding its zero value) breaks its rules, so
+/// that a request must send it: a list with `min_items`, a string with a
+/// minimum length or a format, unless the rules ignore the zero value.
+pub fn zero_breaks_rules(field: &FieldDescriptor) -> bool {
+    let info = info(field);
+    let Some(rules) = info.rules.as_ref() else {
+        return false;
+    };
+    if rule(rules, "ignore").and_then(|v| v.as_enum_number()) == Some(IGNORE_IF_ZERO_VALUE)
+        || field.supports_presence()
+    {
+        return false;
+    }
+    if field.is_list() {
+        return type_rules(rules, "repeated")
+            .and_then(|r| rule(&r, "min_items"))
+            .and_then(|v| v.as_u64())
+            .is_some_and(|n| n > 0);
+    }
+    match field.kind() {
+        Kind::String => type_rules(rules, "string").is_some_and(|r| check_string("", &r).is_some()),
+        _ => false,
+    }
+}
+
 /// Forgets the rules read so far, for contracts that changed.
 pub fn forget_rules() {
     FIELDS.write().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
+/// The `update_mask` and the resource it applies to, for an update request
+/// (AIP-134): the fields of the resource it leaves out keep their values,
+/// so the resource's required fields are required only where named.
+pub fn update_fields(input: &MessageDescriptor) -> Option<(FieldDescriptor, FieldDescriptor)> {
+    let is_message = |f: &FieldDescriptor, wanted: Option<&str>| {
+        !f.is_list()
+            && matches!(f.kind(), Kind::Message(m) if wanted.is_none_or(|w| m.full_name() == w)
+                && (wanted.is_some() || !m.full_name().starts_with("google.protobuf.")))
+    };
+    let mask = input
+        .fields()
+        .find(|f| f.name() == "update_mask" && is_message(f, Some("google.protobuf.FieldMask")))?;
+    let resource = input.fields().find(|f| is_message(f, None))?;
+    Some((mask, resource))
+}
+
 /// Every violation of the contract's rules in `msg`.
 pub fn check(msg: &DynamicMessage) -> Vec<Violation> {
     let mut out = Vec::new();
-    check_message(msg, "", &mut out);
+    let Some((mask_field, resource)) = update_fields(&msg.descriptor()) else {
+        check_message(msg, "", &mut out);
+        return out;
+    };
+    let named: Vec<String> = match msg.get_field(&mask_field).as_ref() {
+        Value::Message(mask) => mask
+            .get_field_by_name("paths")
+            .and_then(|v| {
+                v.as_list().map(|l| {
+                    l.iter()
+                        .filter_map(|p| p.as_str().map(str::to_owned))
+                        .collect()
+                })
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    for field in msg.descriptor().fields() {
+        let path = field.name().to_owned();
+        match msg.get_field(&field).as_ref() {
+            Value::Message(m) if field == resource && msg.has_field(&field) => {
+                for f in m.descriptor().fields() {
+                    let inner = format!("{path}.{}", f.name());
+                    // Without a mask, the fields present are the update.
+                    let in_mask = named.iter().any(|n| {
+                        n == f.name()
+                            || n.strip_prefix(f.name()).is_some_and(|r| r.starts_with('.'))
+                    });
+                    if in_mask || m.has_field(&f) {
+                        check_field(m, &f, &inner, &mut out);
+                    }
+                }
+            }
+            _ => check_field(msg, &field, &path, &mut out),
+        }
+    }
     out
 }
 
@@ -167,7 +244,8 @@ fn check_field(
         });
         // Fields with presence, and zero values the rules ignore, are
         // simply absent; nested messages left unset have nothing to check.
-        if ignored || field.supports_presence() || matches!(field.kind(), Kind::Message(_)) {
+        let nested = matches!(field.kind(), Kind::Message(_)) && !field.is_list();
+        if ignored || field.supports_presence() || nested {
             return;
         }
     }
@@ -247,9 +325,47 @@ fn check_items(
     }
 }
 
+/// The paths a `field_mask` rule's `in` allows (proto names), if any.
+pub fn mask_paths(rules: &DynamicMessage) -> Option<Vec<String>> {
+    let r = type_rules(rules, "field_mask")?;
+    match rule(&r, "in")? {
+        Value::List(values) => Some(
+            values
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// The problem with the paths of a field mask, if any: each must be one
+/// the rule allows, or a field inside one.
+fn check_mask(mask: &DynamicMessage, rules: &DynamicMessage) -> Option<String> {
+    let allowed = mask_paths(rules)?;
+    let paths = mask.get_field_by_name("paths")?;
+    let bad = paths
+        .as_list()?
+        .iter()
+        .filter_map(|p| p.as_str())
+        .find(|p| {
+            !allowed.iter().any(|a| {
+                p.strip_prefix(a.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            })
+        })?;
+    Some(format!(
+        "{bad:?} is not a field that can be named here; use {}",
+        allowed.join(", ")
+    ))
+}
+
 /// The problem with one value under `rules`, if any.
 fn check_value(value: &Value, kind: &Kind, rules: &DynamicMessage) -> Option<String> {
     match (value, kind) {
+        (Value::Message(m), _) if m.descriptor().full_name() == "google.protobuf.FieldMask" => {
+            check_mask(m, rules)
+        }
         (Value::String(s), _) => type_rules(rules, "string").and_then(|r| check_string(s, &r)),
         (Value::EnumNumber(n), Kind::Enum(e)) => {
             let r = type_rules(rules, "enum")?;

@@ -113,16 +113,21 @@ fn reservation_pb(r: &Reservation) -> pb::Reservation {
     }
 }
 
-/// `v12` → 12. An etag not made by this service is simply stale.
-fn parse_etag(raw: &str) -> Result<Option<i64>, CatalogError> {
+/// `v12` → 12. An etag not made by this service matches no version, so
+/// it is refused as stale (409), as any outdated etag is.
+fn parse_etag(raw: &str) -> Option<i64> {
     if raw.is_empty() {
-        return Ok(None);
+        return None;
     }
-    raw.strip_prefix('v')
-        .and_then(|v| v.parse().ok())
-        .map(Some)
-        .ok_or_else(|| CatalogError::invalid("etag", "is not an etag this service issued"))
+    Some(
+        raw.strip_prefix('v')
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(NO_VERSION),
+    )
 }
+
+/// A version no product has (versions start at 1).
+const NO_VERSION: i64 = -1;
 
 fn money(m: Option<&pb::Money>) -> Result<Money, CatalogError> {
     let m = m.ok_or_else(|| CatalogError::invalid("product.price", "is required"))?;
@@ -146,13 +151,9 @@ impl CatalogApi for CatalogService {
         let r = req.into_inner();
         let words = words(&r.q);
         let order = match pb::ProductOrder::try_from(r.order_by) {
-            Ok(pb::ProductOrder::Relevance) if words.is_empty() => {
-                return Err(CatalogError::invalid(
-                    "order_by",
-                    "PRODUCT_ORDER_RELEVANCE needs a search text in q",
-                )
-                .into());
-            }
+            // Without search text every product is as relevant as the
+            // next: the default order applies.
+            Ok(pb::ProductOrder::Relevance) if words.is_empty() => Order::Newest,
             Ok(pb::ProductOrder::Relevance) => Order::Relevance,
             Ok(pb::ProductOrder::PriceAsc) => Order::PriceAsc,
             Ok(pb::ProductOrder::PriceDesc) => Order::PriceDesc,
@@ -164,9 +165,6 @@ impl CatalogApi for CatalogService {
         let page_size = i64::from(page_size(r.page_size, 20).map_err(CatalogError::from)?);
         if r.min_price < 0 || r.max_price < 0 {
             return Err(CatalogError::invalid("min_price", "prices must not be negative").into());
-        }
-        if r.max_price > 0 && r.max_price < r.min_price {
-            return Err(CatalogError::invalid("max_price", "must not be below min_price").into());
         }
         let after = if r.page_token.is_empty() {
             None
@@ -249,7 +247,22 @@ impl CatalogApi for CatalogService {
             .product
             .ok_or_else(|| CatalogError::invalid("product", "is required"))?;
         let id = parse_id("product.id", &p.id)?;
-        let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        let mut paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        // Without a mask, the fields present in the body are updated.
+        if paths.is_empty() {
+            let present = [
+                ("sku", !p.sku.is_empty()),
+                ("name", !p.name.is_empty()),
+                ("description", !p.description.is_empty()),
+                ("category_id", !p.category_id.is_empty()),
+                ("price", p.price.is_some()),
+            ];
+            paths = present
+                .into_iter()
+                .filter(|(_, set)| *set)
+                .map(|(name, _)| name.to_owned())
+                .collect();
+        }
         let mut changes = ProductChanges::default();
         for path in paths
             .iter()
@@ -279,7 +292,7 @@ impl CatalogApi for CatalogService {
         }
         let row = self
             .store
-            .update_product(id, parse_etag(&p.etag)?, changes)
+            .update_product(id, parse_etag(&p.etag), changes)
             .await?;
         self.cache.invalidate(id).await;
         Ok(Response::new(pb::UpdateProductResponse {
@@ -293,7 +306,7 @@ impl CatalogApi for CatalogService {
     ) -> Answer<pb::DeleteProductResponse> {
         let r = req.into_inner();
         let id = parse_id("id", &r.id)?;
-        self.store.delete_product(id, parse_etag(&r.etag)?).await?;
+        self.store.delete_product(id, parse_etag(&r.etag)).await?;
         self.cache.invalidate(id).await;
         Ok(Response::new(pb::DeleteProductResponse {}))
     }
@@ -308,11 +321,13 @@ impl CatalogApi for CatalogService {
             n @ 1..=20 => i64::from(n),
             _ => return Err(CatalogError::invalid("limit", "must be between 1 and 20").into()),
         };
+        // Text without a word in it (punctuation only) matches nothing.
         let words = words(&r.q);
-        if words.is_empty() {
-            return Err(CatalogError::invalid("q", "is required").into());
-        }
-        let found = self.store.suggest(&words, limit).await?;
+        let found = if words.is_empty() {
+            Vec::new()
+        } else {
+            self.store.suggest(&words, limit).await?
+        };
         Ok(Response::new(pb::SuggestProductsResponse {
             suggestions: found
                 .into_iter()

@@ -133,7 +133,10 @@ impl Store {
         .await
         .map_err(|e| match db_code(&e).as_deref() {
             Some(UNIQUE_VIOLATION) => CatalogError::AlreadyExists(format!("a category with slug {slug:?} already exists")),
-            Some(FOREIGN_KEY_VIOLATION) => CatalogError::invalid("category.parent_id", "no such category"),
+            Some(FOREIGN_KEY_VIOLATION) => CatalogError::NotFound(format!(
+                "parent category {}",
+                parent.map(|p| p.to_string()).unwrap_or_default()
+            )),
             _ => e.into(),
         })?;
         OUTBOX
@@ -205,7 +208,7 @@ impl Store {
                 new.sku.as_str()
             )),
             Some(FOREIGN_KEY_VIOLATION) => {
-                CatalogError::invalid("product.category_id", "no such category")
+                CatalogError::NotFound(format!("category {}", new.category_id))
             }
             _ => e.into(),
         })?;
@@ -271,7 +274,10 @@ impl Store {
         .await
         .map_err(|e| match db_code(&e).as_deref() {
             Some(UNIQUE_VIOLATION) => CatalogError::AlreadyExists("another product already has this SKU".into()),
-            Some(FOREIGN_KEY_VIOLATION) => CatalogError::invalid("product.category_id", "no such category"),
+            Some(FOREIGN_KEY_VIOLATION) => CatalogError::NotFound(format!(
+                "category {}",
+                changes.category_id.map(|c| c.to_string()).unwrap_or_default()
+            )),
             _ => e.into(),
         })?;
         if let Some(name) = &changes.name {

@@ -570,19 +570,18 @@ impl chat_service_server::ChatService for ChatService {
         let caller = caller(&req)?;
         let req = req.into_inner();
         let ids = match (req.all, req.ids.is_empty()) {
-            (true, true) => None,
+            (true, _) => None,
+            (false, true) => {
+                return Ok(Response::new(pb::MarkNotificationsReadResponse {
+                    marked: 0,
+                }));
+            }
             (false, false) => Some(
                 req.ids
                     .iter()
                     .map(|id| parse_id("ids", id).map(|u| u.to_string()))
                     .collect::<Result<Vec<_>, _>>()?,
             ),
-            (true, false) => {
-                return Err(Error::invalid("ids", "name ids, or set all, not both").into());
-            }
-            (false, true) => {
-                return Err(Error::invalid("ids", "name the notifications, or set all").into());
-            }
         };
         let marked = self
             .chat

@@ -303,7 +303,9 @@ impl Chat {
         ids.push(caller.to_owned());
         let names = self.profiles(relay, &ids).await?;
         if let Some(unknown) = others.iter().find(|id| !names.contains_key(*id)) {
-            return Err(Error::invalid(field, format!("{unknown} is not a user")));
+            // A reference to a user that does not exist (404), named by
+            // the field that holds it.
+            return Err(Error::NotFound(format!("{field}: {unknown} is not a user")));
         }
         Ok(names)
     }
@@ -419,10 +421,9 @@ impl Chat {
                 self.room_view(&room, caller).await
             }
             RoomKind::Group | RoomKind::Unspecified => {
+                // An unnamed group is shown by its members, as clients do
+                // for group conversations.
                 let name = name.trim();
-                if name.is_empty() {
-                    return Err(Error::invalid("name", "is required for a group room"));
-                }
                 if name.chars().count() > 100 {
                     return Err(Error::invalid("name", "must be at most 100 characters"));
                 }
@@ -958,8 +959,9 @@ impl Chat {
                 "only its sender may change a message".into(),
             ));
         }
+        // A deleted message is gone for its sender too.
         if doc.deleted() {
-            return Err(Error::FailedPrecondition("the message was deleted".into()));
+            return Err(Error::NotFound("message not found (deleted)".into()));
         }
         Ok(doc)
     }

@@ -292,13 +292,11 @@ impl UsersApi for UsersService {
         let me = self.active_caller(&req).await?;
         let req = req.into_inner();
         let patch = req.user.unwrap_or_default();
-        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
-        if paths.is_empty() {
-            return Err(UsersError::invalid(
-                "update_mask",
-                "must name the fields to update, such as display_name",
-            )
-            .into());
+        let mut paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        // Without a mask, the fields present in the body are updated; with
+        // none present, nothing changes.
+        if paths.is_empty() && !patch.display_name.is_empty() {
+            paths.push("display_name".to_owned());
         }
         let mut name = None;
         for path in &paths {
@@ -447,7 +445,7 @@ impl UsersApi for UsersService {
     ) -> Answer<pb::RequestEmailVerificationResponse> {
         let me = self.active_caller(&req).await?;
         if me.email_verified {
-            return Err(Status::failed_precondition(
+            return Err(Status::already_exists(
                 "the email address is already verified",
             ));
         }
