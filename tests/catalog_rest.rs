@@ -388,6 +388,11 @@ async fn listings_filter_by_category_tree_price_and_stock_and_sort() {
         vec!["Chandelier", "Kettle", "Desk lamp", "Ceiling light"],
         "newest first"
     );
+    // A category filter is an id or a slug; anything else (a NUL byte
+    // that PostgreSQL cannot hold) is refused, naming it.
+    let bad = mesh.get("/api/v1/products?category=a%00b", None).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{:?}", bad.body);
+    assert!(bad.message().contains("category"), "{:?}", bad.body);
     // A ceiling below the floor: nothing costs that.
     let none = mesh
         .get("/api/v1/products?minPrice=500&maxPrice=100", None)
