@@ -37,7 +37,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         // Small starting buffers: open streams keep theirs while idle.
         .codec_path("crate::codec::Codec")
-        .compile_fds(compiler.file_descriptor_set())?;
+        // `prost::Name` on every message: the codec finds a request's
+        // descriptor, and so its rules, by name.
+        .compile_fds_with_config(compiler.file_descriptor_set(), {
+            let mut config = tonic_prost_build::Config::new();
+            config.enable_type_names();
+            config
+        })?;
 
     for dir in ["agora", "google"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());

@@ -29,12 +29,7 @@ pub struct ApiError {
     pub info: Option<Box<Info>>,
 }
 
-/// One field violation: the field's path and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Violation {
-    pub field: String,
-    pub description: String,
-}
+pub use agora_proto::rules::Violation;
 
 /// `google.rpc.ErrorInfo`: a stable reason in a domain.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,17 @@
 //! reflection and by the edge's transcoder.
 
 pub mod codec;
+pub mod rules;
+
+/// The descriptor of the contracts' message `name` (`agora.users.v1.User`),
+/// from the embedded descriptor set, read once.
+pub fn message(name: &str) -> Option<prost_reflect::MessageDescriptor> {
+    static POOL: std::sync::LazyLock<Option<prost_reflect::DescriptorPool>> =
+        std::sync::LazyLock::new(|| {
+            prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET).ok()
+        });
+    POOL.as_ref()?.get_message_by_name(name)
+}
 
 /// The encoded `FileDescriptorSet` of every contract and its imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

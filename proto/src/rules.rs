@@ -9,8 +9,10 @@
 //! As in protovalidate, rules also hold for a field left at its zero value
 //! unless it has presence or its rules say `IGNORE_IF_ZERO_VALUE`.
 //!
-//! Every problem is reported, each with the proto path of its field; the
-//! OpenAPI document publishes the same rules ([`crate::openapi`]).
+//! Every problem is reported, each with the proto path of its field. The
+//! edge checks requests before it calls a service, each service checks them
+//! again as it decodes them ([`crate::codec`]), and the edge's OpenAPI
+//! document publishes the same rules.
 
 use std::{
     collections::HashMap,
@@ -22,7 +24,12 @@ use prost_reflect::{
     Value,
 };
 
-use crate::error::Violation;
+/// One field violation: the field's path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Violation {
+    pub field: String,
+    pub description: String,
+}
 
 const FIELD_RULES: &str = "buf.validate.field";
 const FIELD_BEHAVIOR: &str = "google.api.field_behavior";

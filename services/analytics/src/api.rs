@@ -7,6 +7,7 @@ use prost_types::value::Kind;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use agora_kit::proto::or_default;
 use agora_kit::{auth::Caller, error::Error, events::Envelope, proto::timestamp};
 use agora_proto::{
     analytics::v1::{self as pb, analytics_service_server::AnalyticsService as Api},
@@ -15,7 +16,7 @@ use agora_proto::{
 
 use crate::{
     forecast, reports,
-    rollup::{CLIENT_EVENT_TYPES, DAILY_METRICS},
+    rollup::CLIENT_EVENT_TYPES,
     store::{RecordError, Store},
 };
 
@@ -48,16 +49,6 @@ fn record_error(e: RecordError) -> Status {
     match e {
         RecordError::Invalid(reason) => Error::invalid("events", reason).into(),
         other => internal(other),
-    }
-}
-
-/// A count parameter: `default` when unset (0), else within 1..=`max`;
-/// errors name `field`.
-fn count(field: &'static str, requested: i32, default: i32, max: i32) -> Result<i64, Status> {
-    match requested {
-        0 => Ok(i64::from(default)),
-        n if (1..=max).contains(&n) => Ok(i64::from(n)),
-        _ => Err(Error::invalid(field, format!("must be between 1 and {max}")).into()),
     }
 }
 
@@ -194,9 +185,6 @@ impl Api for AnalyticsService {
             );
         }
         let events = req.into_inner().events;
-        if events.is_empty() || events.len() > MAX_BATCH {
-            return Err(Error::invalid("events", format!("send 1 to {MAX_BATCH} events")).into());
-        }
         let now = Utc::now();
         // Every event is checked before any is kept: a batch is taken whole
         // or refused whole.
@@ -220,14 +208,6 @@ impl Api for AnalyticsService {
         req: Request<pb::GetDailyMetricsRequest>,
     ) -> Result<Response<pb::GetDailyMetricsResponse>, Status> {
         let r = req.into_inner();
-        if !DAILY_METRICS.iter().any(|(m, _)| *m == r.metric) {
-            let known: Vec<&str> = DAILY_METRICS.iter().map(|(m, _)| *m).collect();
-            return Err(Error::invalid(
-                "metric",
-                format!("{:?} is not one of {}", r.metric, known.join(", ")),
-            )
-            .into());
-        }
         let to = parse_date("to", &r.to)?.unwrap_or_else(today);
         let from = parse_date("from", &r.from)?.unwrap_or(to - Duration::days(29));
         if from > to {
@@ -257,7 +237,7 @@ impl Api for AnalyticsService {
         req: Request<pb::GetTopProductsRequest>,
     ) -> Result<Response<pb::GetTopProductsResponse>, Status> {
         let r = req.into_inner();
-        let days = count("days", r.days, 7, 366)?;
+        let days = or_default(r.days, 7);
         let by_revenue = match r.by.as_str() {
             "" | "views" => false,
             "revenue" => true,
@@ -269,7 +249,7 @@ impl Api for AnalyticsService {
                 .into());
             }
         };
-        let limit = count("limit", r.limit, 10, 100)?;
+        let limit = or_default(r.limit, 10);
         let since = today() - Duration::days(days - 1);
         let rows = reports::top_products(&self.store.pool, since, by_revenue, limit)
             .await
@@ -292,7 +272,7 @@ impl Api for AnalyticsService {
         &self,
         req: Request<pb::GetFunnelRequest>,
     ) -> Result<Response<pb::GetFunnelResponse>, Status> {
-        let days = count("days", req.into_inner().days, 30, 366)?;
+        let days = or_default(req.into_inner().days, 30);
         let counts = reports::funnel(&self.store.pool, today() - Duration::days(days - 1))
             .await
             .map_err(internal)?;
@@ -318,7 +298,7 @@ impl Api for AnalyticsService {
         &self,
         req: Request<pb::GetCohortsRequest>,
     ) -> Result<Response<pb::GetCohortsResponse>, Status> {
-        let weeks = count("weeks", req.into_inner().weeks, 8, 52)?;
+        let weeks = or_default(req.into_inner().weeks, 8);
         let cohorts = reports::cohorts(&self.store.pool, today(), weeks)
             .await
             .map_err(internal)?;
@@ -340,7 +320,7 @@ impl Api for AnalyticsService {
     ) -> Result<Response<pb::GetUserBehaviorResponse>, Status> {
         let r = req.into_inner();
         let user = agora_kit::proto::parse_id("user_id", &r.user_id)?;
-        let days = count("days", r.days, 30, 366)?;
+        let days = or_default(r.days, 30);
         let (signed_up, rows) =
             reports::user_behavior(&self.store.pool, user, today() - Duration::days(days - 1))
                 .await
@@ -369,12 +349,8 @@ impl Api for AnalyticsService {
     ) -> Result<Response<pb::ForecastDemandResponse>, Status> {
         let r = req.into_inner();
         let product = agora_kit::proto::parse_id("product_id", &r.product_id)?;
-        let horizon = count("days", r.days, 14, 90)?;
-        let history_days = match r.history_days {
-            0 => 90,
-            n @ 7..=365 => i64::from(n),
-            _ => return Err(Error::invalid("history_days", "must be between 7 and 365").into()),
-        };
+        let horizon = or_default(r.days, 14);
+        let history_days = or_default(r.history_days, 90);
         // Whole days only: today is not over yet.
         let last = today() - Duration::days(1);
         let first = last - Duration::days(history_days - 1);

@@ -261,6 +261,29 @@ mod tests {
     use super::*;
     use agora_proto::events::v1 as ev;
 
+    #[test]
+    fn the_contract_lists_exactly_the_daily_metrics_there_are() {
+        // The contract's `in` rule refuses other names before a request
+        // reaches the service, so it must name every metric and no other.
+        use agora_proto::rules;
+        let request = agora_proto::message("agora.analytics.v1.GetDailyMetricsRequest")
+            .expect("in the contracts");
+        let metric = request.get_field_by_name("metric").expect("field");
+        let rules = rules::field_rules(&metric).expect("rules");
+        let string = rules::type_rules(&rules, "string").expect("string rules");
+        let listed = rules::rule(&string, "in").expect("in");
+        let mut listed: Vec<&str> = listed
+            .as_list()
+            .expect("a list")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let mut known: Vec<&str> = DAILY_METRICS.iter().map(|(m, _)| *m).collect();
+        listed.sort_unstable();
+        known.sort_unstable();
+        assert_eq!(listed, known);
+    }
+
     fn envelope(payload: Payload) -> Envelope {
         Envelope {
             id: Uuid::now_v7().to_string(),

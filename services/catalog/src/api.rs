@@ -1,7 +1,7 @@
 //! The gRPC surface: proto ⇄ domain. No SQL here.
 
 use agora_kit::auth::Caller;
-use agora_kit::proto::{page_size, timestamp};
+use agora_kit::proto::{or_default, page_size, timestamp};
 use agora_proto::catalog::v1::{self as pb, catalog_service_server::CatalogService as CatalogApi};
 use chrono::Utc;
 use prost::Message as _;
@@ -162,10 +162,7 @@ impl CatalogApi for CatalogService {
             Ok(pb::ProductOrder::Unspecified) => Order::Newest,
             Err(_) => return Err(CatalogError::invalid("order_by", "is not a known order").into()),
         };
-        let page_size = i64::from(page_size(r.page_size, 20).map_err(CatalogError::from)?);
-        if r.min_price < 0 || r.max_price < 0 {
-            return Err(CatalogError::invalid("min_price", "prices must not be negative").into());
-        }
+        let page_size = i64::from(page_size(r.page_size, 20));
         let after = if r.page_token.is_empty() {
             None
         } else {
@@ -221,9 +218,6 @@ impl CatalogApi for CatalogService {
         let p = r
             .product
             .ok_or_else(|| CatalogError::invalid("product", "is required"))?;
-        if r.initial_stock < 0 {
-            return Err(CatalogError::invalid("initial_stock", "must not be negative").into());
-        }
         let new = NewProduct {
             sku: Sku::parse(&p.sku)?,
             name: text("product.name", &p.name, 1, 200)?,
@@ -316,11 +310,7 @@ impl CatalogApi for CatalogService {
         req: Request<pb::SuggestProductsRequest>,
     ) -> Answer<pb::SuggestProductsResponse> {
         let r = req.into_inner();
-        let limit = match r.limit {
-            0 => 8,
-            n @ 1..=20 => i64::from(n),
-            _ => return Err(CatalogError::invalid("limit", "must be between 1 and 20").into()),
-        };
+        let limit = or_default(r.limit, 8);
         // Text without a word in it (punctuation only) matches nothing.
         let words = words(&r.q);
         let found = if words.is_empty() {
@@ -345,11 +335,7 @@ impl CatalogApi for CatalogService {
     ) -> Answer<pb::GetRecommendationsResponse> {
         let r = req.into_inner();
         let id = parse_id("id", &r.id)?;
-        let limit = match r.limit {
-            0 => 10,
-            n @ 1..=50 => i64::from(n),
-            _ => return Err(CatalogError::invalid("limit", "must be between 1 and 50").into()),
-        };
+        let limit = or_default(r.limit, 10);
         if self.store.product(id).await?.is_none() {
             return Err(CatalogError::NotFound(format!("product {id}")).into());
         }
@@ -417,9 +403,6 @@ impl CatalogApi for CatalogService {
         let who = actor(req.extensions().get::<Caller>());
         let r = req.into_inner();
         let id = parse_id("id", &r.id)?;
-        if r.delta == 0 {
-            return Err(CatalogError::invalid("delta", "must not be zero").into());
-        }
         let reason = text("reason", &r.reason, 1, 200)?;
         let s = self.store.adjust_stock(id, r.delta, &reason, &who).await?;
         self.cache.invalidate(id).await;
@@ -445,9 +428,6 @@ impl CatalogApi for CatalogService {
                 CatalogError::invalid("request_id", "must be at most 200 characters").into(),
             );
         }
-        if r.items.is_empty() {
-            return Err(CatalogError::invalid("items", "must hold at least one item").into());
-        }
         let mut items = Vec::with_capacity(r.items.len());
         for item in &r.items {
             items.push((
@@ -459,14 +439,10 @@ impl CatalogApi for CatalogService {
         if items.windows(2).any(|w| w[0].0 == w[1].0) {
             return Err(CatalogError::invalid("items", "each product may appear once").into());
         }
-        let ttl = match r.ttl_seconds {
-            0 => self.reservation_ttl,
-            n @ 1..=3600 => std::time::Duration::from_secs(n as u64),
-            _ => {
-                return Err(
-                    CatalogError::invalid("ttl_seconds", "must be between 1 and 3600").into(),
-                );
-            }
+        // The contract bounds it to 0..=3600; 0 asks for the default.
+        let ttl = match u64::try_from(r.ttl_seconds) {
+            Ok(n) if n > 0 => std::time::Duration::from_secs(n),
+            _ => self.reservation_ttl,
         };
         let expires = Utc::now() + ttl;
         let reservation = self

@@ -40,11 +40,8 @@ fn caller<T>(req: &Request<T>) -> Result<String, Status> {
     Ok(Caller::from_request(req)?.user_id.clone())
 }
 
-fn page_size(requested: i32) -> Result<i64, Status> {
-    Ok(i64::from(agora_kit::proto::page_size(
-        requested,
-        DEFAULT_PAGE,
-    )?))
+fn page_size(requested: i32) -> i64 {
+    i64::from(agora_kit::proto::page_size(requested, DEFAULT_PAGE))
 }
 
 /// When a presigned URL made now stops working.
@@ -259,7 +256,7 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<pb::ListRoomsResponse>, Status> {
         let caller = caller(&req)?;
         let req = req.into_inner();
-        let limit = page_size(req.page_size)?;
+        let limit = page_size(req.page_size);
         let offset: u64 = if req.page_token.is_empty() {
             0
         } else {
@@ -375,7 +372,7 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
         let caller = caller(&req)?;
         let req = req.into_inner();
-        let limit = page_size(req.page_size)?;
+        let limit = page_size(req.page_size);
         let before = cursor(&req.page_token)?;
         let (messages, next) = self
             .chat
@@ -538,7 +535,7 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
         let caller = caller(&req)?;
         let req = req.into_inner();
-        let limit = page_size(req.page_size)?;
+        let limit = page_size(req.page_size);
         let before = cursor(&req.page_token)?;
         let store = &self.chat.store;
         let mut docs = store

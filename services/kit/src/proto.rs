@@ -17,17 +17,24 @@ pub fn parse_id(field: &'static str, raw: &str) -> Result<Uuid, Error> {
 /// The most items one page may hold.
 pub const MAX_PAGE_SIZE: i32 = 100;
 
-/// A list request's `page_size`: `default` when unset (0), else 1 to
-/// [`MAX_PAGE_SIZE`].
-pub fn page_size(requested: i32, default: i32) -> Result<i32, Error> {
+/// A list request's `page_size`: `default` when unset (0). The contract's
+/// rule (0 to [`MAX_PAGE_SIZE`]) is checked as the request is decoded, so
+/// no other value arrives; one that did would be held to the bounds.
+pub fn page_size(requested: i32, default: i32) -> i32 {
     match requested {
-        0 => Ok(default),
-        n @ 1..=MAX_PAGE_SIZE => Ok(n),
-        _ => Err(Error::invalid(
-            "page_size",
-            format!("must be between 1 and {MAX_PAGE_SIZE}"),
-        )),
+        0 => default,
+        n => n.clamp(1, MAX_PAGE_SIZE),
     }
+}
+
+/// A count the contract bounds (checked as the request is decoded), where
+/// 0 asks for `default`.
+pub fn or_default(requested: i32, default: i32) -> i64 {
+    i64::from(if requested == 0 {
+        default
+    } else {
+        requested.max(1)
+    })
 }
 
 /// A `google.protobuf.Timestamp` for `t`.
