@@ -55,6 +55,8 @@ async fn a_process_exports_the_seeds_metrics_with_bounded_labels() {
         format!("/api/v1/products/{id}"),
         "/api/v1/products/00000000-0000-7000-8000-000000000000".to_owned(),
         "/api/v1/no/such/route".to_owned(),
+        "/api/v1/docs/docs.css".to_owned(),
+        "/admin/".to_owned(),
     ] {
         mesh.http
             .get(edge.url(&path))
@@ -93,6 +95,15 @@ async fn a_process_exports_the_seeds_metrics_with_bounded_labels() {
     assert!(has(
         &text,
         r#"http_requests_total{method="GET",route="unmatched",status_code="404"}"#
+    ));
+    // The embedded pages count under one label each, not as unmatched.
+    assert!(has(
+        &text,
+        r#"http_requests_total{method="GET",route="/api/v1/docs/*",status_code="200"}"#
+    ));
+    assert!(has(
+        &text,
+        r#"http_requests_total{method="GET",route="/admin/*",status_code="200"}"#
     ));
     assert!(has(&text, "active_connections_total"));
     // Kept current by the edge's own checks: nobody called /health.

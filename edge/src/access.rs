@@ -65,6 +65,9 @@ pub async fn record_metrics(req: Request, next: Next) -> Response {
     let route: Arc<str> = match path.as_str() {
         "/health" => Arc::clone(&HEALTH_LABEL),
         "/api/v1/openapi.json" => Arc::clone(&OPENAPI_LABEL),
+        // The embedded pages: one label each, whatever the file.
+        p if p.starts_with("/api/v1/docs") => Arc::clone(&DOCS_LABEL),
+        p if p == "/admin" || p.starts_with("/admin/") => Arc::clone(&DASHBOARD_LABEL),
         _ => resp
             .extensions()
             .get::<RouteLabel>()
@@ -145,6 +148,8 @@ static HTTP_HANDLES: LazyLock<HttpHandles> = LazyLock::new(HandleCache::new);
 
 static HEALTH_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("/health"));
 static OPENAPI_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("/api/v1/openapi.json"));
+static DOCS_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("/api/v1/docs/*"));
+static DASHBOARD_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("/admin/*"));
 static UNMATCHED_LABEL: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unmatched"));
 
 struct InFlight(&'static metrics::Gauge);
